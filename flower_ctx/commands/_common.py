@@ -1,0 +1,60 @@
+"""Options and loading shared by the subcommands (declared once, as pip-tools does)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..config import Effective, resolve
+from ..context import ContextSource, load
+from ..model import Config
+from ..paths import Paths
+from ..variables import all_names
+
+F = TypeVar("F")
+
+ROLES = ("superlink", "supernode")
+
+role_option = click.option(
+    "--role", "role", type=click.Choice(ROLES), required=True, help="Which Flower role this VM plays."
+)
+context_option = click.option(
+    "--context",
+    "context_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="context.sh to read (default: the newest /var/run/one-context/context.sh.{network,online,local}).",
+)
+env_option = click.option(
+    "--env",
+    "use_env",
+    is_flag=True,
+    help="Let process environment variables of the same names override CONTEXT (the one-apps hook uses this).",
+)
+root_option = click.option(
+    "--root",
+    "root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Staging root: read and write every file under DIR and skip system effects (links, units, OneGate).",
+)
+
+
+def paths_for(root: Path | None) -> Paths:
+    return Paths(root.resolve()) if root is not None else Paths()
+
+
+def load_validated(
+    role: str, context_file: Path | None, use_env: bool, paths: Paths
+) -> tuple[Config, ContextSource, list[Effective]]:
+    """Read CONTEXT and validate it; raises ContextError / ValidationError (exit 2)."""
+    src = load(context_file, paths=paths, use_env=use_env, env_names=all_names())
+    config, table = resolve(role, src.values, token=src.token, env_names=src.env_names)
+    return config, src, table
+
+
+def echo_warnings(warnings: Any) -> None:
+    for w in dict.fromkeys(warnings):  # de-duplicated, in order
+        click.echo(f"warning: {w}", err=True)

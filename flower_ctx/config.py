@@ -1,0 +1,377 @@
+"""Validate raw CONTEXT values into a frozen ``Config`` for one role.
+
+Total validation: every problem of every variable is collected and raised at once as a
+``ValidationError`` of ``(NAME, message)`` pairs, named as the operator wrote them (canonical or
+``ONEAPP_`` alias). Nothing here touches the machine.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ValidationError
+from .model import Config, Nic, OneGateAccess, PkiMaterial, Role, Secret, WgConfig, WgPeer
+from .peers import parse_peer_sections
+from .values import Invalid, show
+from .variables import BY_NAME, REGISTRY, Variable
+
+_NIC_RE = re.compile(r"ETH([0-9]+)_(IP|IP6)\Z")
+
+
+@dataclass(frozen=True)
+class Effective:
+    """One variable's effective value for ``context check``: never the secret itself."""
+
+    name: str
+    value: str  # display form; secrets masked
+    source: str  # "default", "context", "context (ONEAPP_X)", "environment", "unset", "ignored: ..."
+
+
+class _Collector:
+    def __init__(self) -> None:
+        self.problems: list[tuple[str, str]] = []
+        self.warnings: list[str] = []
+
+    def err(self, name: str, msg: str) -> None:
+        self.problems.append((name, msg))
+
+
+def _pick(var: Variable, values: Mapping[str, str], c: _Collector) -> tuple[str | None, str]:
+    """The raw value of ``var`` and the name it was given under. Empty means unset (OneFlow)."""
+    canon = values.get(var.name, "")
+    alias = values.get(var.alias, "")
+    if canon and alias and canon != alias:
+        c.err(var.name, f"set both as {var.name} and as {var.alias} with different values; keep one")
+        return None, var.name
+    if canon:
+        return canon, var.name
+    if alias:
+        return alias, var.alias
+    return None, var.name
+
+
+def resolve(
+    role: Role | str,
+    values: Mapping[str, str],
+    *,
+    token: str | None = None,
+    env_names: frozenset[str] = frozenset(),
+    now: datetime.datetime | None = None,
+) -> tuple[Config, list[Effective]]:
+    """Validate ``values`` for ``role``; return the Config and the effective-value table."""
+    try:
+        role = Role(role)
+    except ValueError:
+        raise ValidationError([("--role", f"must be superlink or supernode, got {show(str(role))}")]) from None
+    c = _Collector()
+    typed: dict[str, Any] = {}
+    given: dict[str, str] = {}  # canonical -> name used in CONTEXT, for messages
+    table: list[Effective] = []
+
+    for var in REGISTRY:
+        raw, used = _pick(var, values, c)
+        given[var.name] = used
+        if raw is not None and not var.applies_to(role):
+            c.warnings.append(f"{used}: ignored, it applies to the {_role_names(var)} only")
+            table.append(Effective(var.name, _mask(var, raw), f"ignored (not for {role.value})"))
+            raw = None
+            typed[var.name] = _parse_default(var)
+            continue
+        if raw is None:
+            typed[var.name] = _parse_default(var)
+            shown = var.display(typed[var.name]) if typed[var.name] is not None else ""
+            table.append(Effective(var.name, shown, "default" if var.default is not None else "unset"))
+            continue
+        try:
+            typed[var.name] = var.parse(raw)
+        except Invalid as exc:
+            c.err(used, str(exc))
+            typed[var.name] = None
+            table.append(Effective(var.name, "(invalid)", _source(var, used, env_names)))
+            continue
+        shown = "********" if var.secret else var.display(typed[var.name])
+        table.append(Effective(var.name, shown, _source(var, used, env_names)))
+
+    nics = _nics(values, c)
+    onegate = _onegate(values, token, c)
+    _keepalive_rules(typed, given, c)
+    pki = _tls_rules(role, typed, given, values, onegate, c, now)
+    wg = _wg_rules(typed, given, c)
+
+    if c.problems:
+        raise ValidationError(c.problems)
+    config = Config(
+        role=role,
+        flower_version=".".join(str(x) for x in typed["FLOWER_VERSION"]),
+        tls_enabled=typed["FL_TLS_ENABLED"],
+        log_level=typed["FL_LOG_LEVEL"],
+        isolation=typed["FL_ISOLATION"],
+        keepalive_time=typed["FL_GRPC_KEEPALIVE_TIME"],
+        keepalive_timeout=typed["FL_GRPC_KEEPALIVE_TIMEOUT"],
+        pki=pki,
+        cert_extra_san=typed["FL_CERT_EXTRA_SAN"] or (),
+        database=typed["FL_DATABASE"],
+        superlink_address=typed["FL_SUPERLINK_ADDRESS"],
+        node_config=typed["FL_NODE_CONFIG"] or (),
+        max_retries=typed["FL_MAX_RETRIES"],
+        max_wait_time=typed["FL_MAX_WAIT_TIME"],
+        wg=wg,
+        nics=nics,
+        onegate=onegate,
+        warnings=tuple(c.warnings),
+    )
+    return config, table
+
+
+def load_config(
+    role: Role | str,
+    values: Mapping[str, str],
+    *,
+    token: str | None = None,
+    now: datetime.datetime | None = None,
+) -> Config:
+    """Validate ``values`` for ``role``. Raises ``ValidationError`` listing every problem."""
+    return resolve(role, values, token=token, now=now)[0]
+
+
+def _role_names(var: Variable) -> str:
+    return " and ".join("SuperLink" if r is Role.SUPERLINK else "SuperNode" for r in sorted(var.roles))
+
+
+def _source(var: Variable, used: str, env_names: frozenset[str]) -> str:
+    base = "environment" if used in env_names else "context"
+    return base if used == var.name else f"{base} ({used})"
+
+
+def _mask(var: Variable, raw: str) -> str:
+    return "********" if var.secret else show(raw, 60)
+
+
+def _parse_default(var: Variable) -> Any:
+    return None if var.default is None else var.parse(var.default)
+
+
+def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:
+    found: dict[int, dict[str, Any]] = {}
+    for name, raw in values.items():
+        m = _NIC_RE.match(name)
+        if not m or not raw:
+            continue
+        idx, kind = int(m.group(1)), m.group(2)
+        try:
+            addr = ipaddress.IPv4Address(raw) if kind == "IP" else ipaddress.IPv6Address(raw)
+        except ValueError:
+            c.err(name, f"{show(raw)} is not an IPv{4 if kind == 'IP' else 6} address")
+            continue
+        found.setdefault(idx, {})[kind] = addr
+    return tuple(Nic(i, found[i].get("IP"), found[i].get("IP6")) for i in sorted(found))
+
+
+def _onegate(values: Mapping[str, str], token: str | None, c: _Collector) -> OneGateAccess:
+    endpoint = values.get("ONEGATE_ENDPOINT") or None
+    vmid = values.get("VMID") or None
+    if endpoint is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?", endpoint):
+        c.err("ONEGATE_ENDPOINT", f"{show(endpoint)} is not an http(s) URL such as http://169.254.16.9:5030")
+        endpoint = None
+    if vmid is not None and not vmid.isdigit():
+        c.err("VMID", f"must be the numeric VM id, got {show(vmid)}")
+        vmid = None
+    return OneGateAccess(endpoint, vmid, Secret(token.encode()) if token else None)
+
+
+def _keepalive_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector) -> None:
+    t, to = typed["FL_GRPC_KEEPALIVE_TIME"], typed["FL_GRPC_KEEPALIVE_TIMEOUT"]
+    if t is not None and to is not None and to >= t:
+        c.err(
+            given["FL_GRPC_KEEPALIVE_TIMEOUT"],
+            f"must be below {given['FL_GRPC_KEEPALIVE_TIME']} ({t} s), got {to}; "
+            "the ping must be answered before the next one is due",
+        )
+
+
+def _tls_rules(
+    role: Role,
+    typed: dict[str, Any],
+    given: dict[str, str],
+    values: Mapping[str, str],
+    onegate: OneGateAccess,
+    c: _Collector,
+    now: datetime.datetime | None,
+) -> PkiMaterial:
+    from . import pem  # cryptography is imported only when a PEM value is actually set
+
+    ca_n, cert_n, key_n = (given[n] for n in ("FL_SSL_CA_CERTFILE", "FL_SSL_CERTFILE", "FL_SSL_KEYFILE"))
+    ca_raw, cert_raw, key_raw = (typed[n] for n in ("FL_SSL_CA_CERTFILE", "FL_SSL_CERTFILE", "FL_SSL_KEYFILE"))
+    raw_set = {
+        n: bool(values.get(n) or values.get("ONEAPP_" + n))
+        for n in ("FL_SSL_CA_CERTFILE", "FL_SSL_CERTFILE", "FL_SSL_KEYFILE")
+    }
+    tls = typed["FL_TLS_ENABLED"]
+
+    if role is Role.SUPERNODE:
+        ca_cert = None
+        if ca_raw is not None:
+            ca_cert = _load_ca(ca_raw, ca_n, c, now)
+        if tls and typed["FL_SUPERLINK_ADDRESS"] is not None and not raw_set["FL_SSL_CA_CERTFILE"]:
+            if onegate.endpoint:
+                c.warnings.append(
+                    f"{ca_n}: not set; the SuperNode will trust the CA the SuperLink of its own OneFlow service "
+                    "publishes in OneGate. Across zones that does not exist: set FL_SSL_CA_CERTFILE"
+                )
+            else:
+                c.err(
+                    ca_n,
+                    "required: TLS is on and FL_SUPERLINK_ADDRESS is set, so the SuperNode must be told which CA "
+                    "to trust (base64 of the SuperLink's ca.crt: run `flower-ctx ca export` on the SuperLink)",
+                )
+        if not tls and ca_raw is not None:
+            c.warnings.append(f"{ca_n}: ignored because FL_TLS_ENABLED=NO")
+        return PkiMaterial(ca_pem=ca_raw if ca_cert is not None else None)
+
+    present = [n for n in ("FL_SSL_CA_CERTFILE", "FL_SSL_CERTFILE", "FL_SSL_KEYFILE") if raw_set[n]]
+    if not present:
+        return PkiMaterial()
+    if not tls:
+        c.warnings.append(f"{', '.join(given[n] for n in present)}: ignored because FL_TLS_ENABLED=NO")
+        return PkiMaterial()
+    if len(present) != 3:
+        missing = [given[n] for n in ("FL_SSL_CA_CERTFILE", "FL_SSL_CERTFILE", "FL_SSL_KEYFILE") if not raw_set[n]]
+        for name in missing:
+            c.err(
+                name,
+                f"required because {' and '.join(given[n] for n in present)} "
+                f"{'is' if len(present) == 1 else 'are'} set: operator PKI needs the CA, the certificate and its "
+                "key (or none of them, to let flower-ctx generate its own)",
+            )
+        return PkiMaterial()
+    if ca_raw is None or cert_raw is None or key_raw is None:
+        return PkiMaterial()  # their own errors are already reported
+    ca_cert = _load_ca(ca_raw, ca_n, c, now)
+    try:
+        chain = pem.load_certs(cert_raw)
+    except pem.PemError as exc:
+        c.err(cert_n, str(exc))
+        chain = None
+    try:
+        key = pem.load_private_key(key_raw)
+    except pem.PemError as exc:
+        c.err(key_n, str(exc))
+        key = None
+    if chain is not None:
+        problem = pem.validity_problem(chain[0], now)
+        if problem:
+            c.err(cert_n, f"the server certificate is {problem}; issue a new one")
+        if key is not None and not pem.key_matches_cert(key, chain[0]):
+            c.err(key_n, f"does not match the certificate in {cert_n} (it is the key of another certificate)")
+        if ca_cert is not None and not pem.chains_to(chain, ca_cert):
+            c.err(
+                cert_n,
+                f"does not chain to the CA in {ca_n} (issuer {chain[0].issuer.rfc4514_string()!r}, CA "
+                f"{ca_cert.subject.rfc4514_string()!r}); include intermediates after the certificate",
+            )
+    if typed["FL_CERT_EXTRA_SAN"]:
+        c.warnings.append(
+            f"{given['FL_CERT_EXTRA_SAN']}: ignored under operator PKI (the certificate's own SANs apply)"
+        )
+    return PkiMaterial(ca_pem=ca_raw, cert_pem=cert_raw, key_pem=Secret(key_raw))
+
+
+def _load_ca(raw: bytes, name: str, c: _Collector, now: datetime.datetime | None) -> Any:
+    from . import pem
+
+    try:
+        certs = pem.load_certs(raw)
+    except pem.PemError as exc:
+        c.err(name, str(exc))
+        return None
+    ca = certs[0]
+    if len(certs) > 1:
+        c.err(name, f"holds {len(certs)} certificates; give only the CA certificate")
+        return None
+    if not pem.is_ca(ca):
+        c.err(name, "is not a CA certificate (no basicConstraints CA:TRUE); give the CA that signed the server "
+                    "certificate, not the server certificate itself")
+        return None
+    problem = pem.validity_problem(ca, now)
+    if problem:
+        c.err(name, f"the CA certificate is {problem}")
+        return None
+    return ca
+
+
+def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector) -> WgConfig | None:
+    wg_names = [var.name for var in REGISTRY if var.group == "wireguard" and var.name != "FL_WG_ENABLED"]
+    if not typed["FL_WG_ENABLED"]:
+        set_names = [given[n] for n in wg_names if typed[n] is not None and BY_NAME[n].default is None]
+        if set_names:
+            c.warnings.append(f"{', '.join(set_names)}: ignored because FL_WG_ENABLED=NO")
+        return None
+    address = typed["FL_WG_ADDRESS"]
+    if address is None and given["FL_WG_ADDRESS"] not in [p[0] for p in c.problems]:
+        c.err(given["FL_WG_ADDRESS"], "required when FL_WG_ENABLED=YES: this VM's tunnel address, e.g. 10.10.9.1/24")
+    keepalive = typed["FL_WG_PERSISTENT_KEEPALIVE"]
+    peers: list[WgPeer] = []
+    peers_n = given["FL_WG_PEERS"]
+    if typed["FL_WG_PEERS"] is not None and keepalive is not None:
+        parsed, problems = parse_peer_sections(typed["FL_WG_PEERS"], keepalive)
+        for p in problems:
+            c.err(peers_n, p)
+        peers.extend(parsed)
+    pk, ep, aips = (typed[n] for n in ("FL_WG_PEER_PUBLIC_KEY", "FL_WG_PEER_ENDPOINT", "FL_WG_PEER_ALLOWED_IPS"))
+    pk_n, ep_n, aips_n = (given[n] for n in ("FL_WG_PEER_PUBLIC_KEY", "FL_WG_PEER_ENDPOINT", "FL_WG_PEER_ALLOWED_IPS"))
+    if pk is None and (ep is not None or aips is not None):
+        if pk_n not in [p[0] for p in c.problems]:
+            c.err(pk_n, f"required when {ep_n if ep is not None else aips_n} is set (the peer's public key)")
+    elif pk is not None:
+        if aips is None:
+            if aips_n not in [p[0] for p in c.problems]:
+                c.err(aips_n, f"required with {pk_n}: the networks reached through that peer, e.g. 10.10.9.0/24")
+        else:
+            peers.append(WgPeer(pk, tuple(aips), ep, keepalive or 0, None, "FL_WG_PEER_*"))
+    no_peer_problem = not any(name in (peers_n, pk_n, ep_n, aips_n) for name, _ in c.problems)
+    if not peers and no_peer_problem:
+        c.err(peers_n, f"at least one peer is required when FL_WG_ENABLED=YES (set {peers_n} or {pk_n} with {aips_n})")
+    _peer_conflicts(peers, peers_n, c)
+    private = typed["FL_WG_PRIVATE_KEY"]
+    if private is not None and peers:
+        from .wgkeys import public_key_of  # X25519 needs cryptography: only when a key is given
+
+        own = public_key_of(private)
+        for p in peers:
+            if p.public_key == own:
+                c.err(peers_n if p.source != "FL_WG_PEER_*" else pk_n,
+                      f"{p.source}: PublicKey is this VM's own public key; give the other side's key")
+    if address is None or any(n.startswith(("FL_WG", "ONEAPP_FL_WG")) for n, _ in c.problems):
+        return None
+    return WgConfig(
+        address=address,
+        private_key=Secret(private.encode()) if private else None,
+        listen_port=typed["FL_WG_LISTEN_PORT"],
+        mtu=typed["FL_WG_MTU"],
+        peers=tuple(peers),
+        forward=typed["FL_WG_FORWARD"],
+    )
+
+
+def _peer_conflicts(peers: list[WgPeer], name: str, c: _Collector) -> None:
+    seen: dict[str, str] = {}
+    for p in peers:
+        if p.public_key in seen:
+            c.err(name, f"{p.source} has the same PublicKey as {seen[p.public_key]}; each peer once")
+        else:
+            seen[p.public_key] = p.source
+    for i, a in enumerate(peers):
+        for b in peers[i + 1 :]:
+            for na in a.allowed_ips:
+                for nb in b.allowed_ips:
+                    if na.version == nb.version and na.overlaps(nb):
+                        c.err(
+                            name,
+                            f"AllowedIPs {na} of {a.source} overlaps {nb} of {b.source}; "
+                            "a tunnel address can route to one peer only",
+                        )

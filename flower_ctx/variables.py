@@ -1,0 +1,270 @@
+"""The registry: every CONTEXT variable flower-ctx reads, declared once.
+
+Validation (``config``), ``context check``, the generated reference (``docs/context-variables.md``),
+the OpenNebula USER_INPUTS strings, the one-apps ``ONE_SERVICE_PARAMS`` rows and the OneFlow
+templates are all produced from this table. Per-value parsing is in ``values``; rules that
+involve several variables are in ``config``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from . import values as v
+from .model import Role
+
+L = frozenset({Role.SUPERLINK})
+N = frozenset({Role.SUPERNODE})
+LN = frozenset({Role.SUPERLINK, Role.SUPERNODE})
+
+ALIAS_PREFIX = "ONEAPP_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+ISOLATIONS = ("subprocess", "process")
+
+
+@dataclass(frozen=True)
+class Variable:
+    name: str
+    roles: frozenset[Role]
+    type: str  # OpenNebula USER_INPUT type: text, text64, password, number, boolean, list
+    description: str
+    parse: Callable[[str], Any]
+    default: str | None = None  # as written in CONTEXT; None = no default (unset)
+    choices: tuple[str, ...] = ()
+    bounds: tuple[int, int] | None = None
+    secret: bool = False
+    group: str = "general"
+    display: Callable[[Any], str] = str
+    stage: str = "configure"  # the one-apps stage that reads it
+
+    @property
+    def alias(self) -> str:
+        return ALIAS_PREFIX + self.name
+
+    @property
+    def roles_text(self) -> str:
+        return " ".join(r.letter for r in sorted(self.roles, key=lambda r: r.letter))
+
+    def applies_to(self, role: Role) -> bool:
+        return role in self.roles
+
+    @property
+    def params(self) -> str:
+        """The 4th field of a USER_INPUT string."""
+        if self.type == "list":
+            return ",".join(self.choices)
+        return ""
+
+    @property
+    def constraint(self) -> str:
+        """A short human description of what values are accepted (for docs and --help)."""
+        if self.bounds is not None:
+            return f"{self.bounds[0]}..{self.bounds[1]}"
+        if self.choices:
+            return " | ".join(self.choices)
+        if self.type == "boolean":
+            return "YES | NO"
+        return ""
+
+
+def _num(lo: int, hi: int) -> Callable[[str], int]:
+    return partial(v.integer, lo=lo, hi=hi)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    return partial(v.choice, choices=choices)
+
+
+def _yes_no(b: bool) -> str:
+    return "YES" if b else "NO"
+
+
+def _pem_bytes(value: str) -> bytes:
+    raw = v.text64(value)
+    if b"-----BEGIN" not in raw:
+        raise v.Invalid("decodes, but not to PEM text (expected -----BEGIN ...); encode the PEM file with base64")
+    return raw
+
+
+def _pem_summary(raw: bytes) -> str:
+    n = raw.count(b"-----BEGIN")
+    return f"PEM, {len(raw)} bytes, {n} block{'s' if n != 1 else ''}"
+
+
+def _peers_text(value: str) -> str:
+    raw = v.text64(value)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise v.Invalid("decodes to bytes that are not UTF-8 text; expected [Peer] sections") from None
+
+
+def _peers_summary(text: str) -> str:
+    n = sum(1 for line in text.splitlines() if line.strip().lower() == "[peer]")
+    return f"{n} [Peer] section{'s' if n != 1 else ''}"
+
+
+def _sans_display(entries: Any) -> str:
+    return ",".join(str(e) for e in entries)
+
+
+def _node_config_display(pairs: Any) -> str:
+    return " ".join(f"{k}={val}" for k, val in pairs)
+
+
+def _version_display(t: Any) -> str:
+    return ".".join(str(x) for x in t)
+
+
+REGISTRY: tuple[Variable, ...] = (
+    Variable(
+        "FLOWER_VERSION", LN, "text",
+        "Flower release X.Y.Z, below 1.40 (1.40+ moved the Fleet API off gRPC and is refused). When it "
+        "differs from the image's, flower-ctx tries to install it and keeps the baked one on failure.",
+        v.flower_version, default="1.39.0", display=_version_display,
+    ),
+    Variable(
+        "FL_TLS_ENABLED", LN, "boolean", "TLS on the Fleet API (SuperNode to SuperLink). Mandatory across zones.",
+        v.boolean, default="YES", display=_yes_no, group="tls",
+    ),
+    Variable(
+        "FL_LOG_LEVEL", LN, "list", "Verbosity of Flower and of the agent.",
+        _choice(LOG_LEVELS), default="INFO", choices=LOG_LEVELS,
+    ),
+    Variable(
+        "FL_ISOLATION", LN, "list", "How Flower runs ServerApps/ClientApps (Flower's --isolation).",
+        _choice(ISOLATIONS), default="subprocess", choices=ISOLATIONS,
+    ),
+    Variable(
+        "FL_GRPC_KEEPALIVE_TIME", LN, "number",
+        "Seconds between gRPC keepalive pings on the Fleet API connection; keeps NAT and firewall state alive.",
+        _num(10, 7200), default="60", bounds=(10, 7200), group="keepalive",
+    ),
+    Variable(
+        "FL_GRPC_KEEPALIVE_TIMEOUT", LN, "number",
+        "Seconds to wait for a ping acknowledgement before the connection is declared dead; below the interval.",
+        _num(1, 600), default="20", bounds=(1, 600), group="keepalive",
+    ),
+    Variable(
+        "FL_SSL_CA_CERTFILE", LN, "text64",
+        "Base64 of a PEM CA certificate. SuperLink: with FL_SSL_CERTFILE and FL_SSL_KEYFILE, your own PKI "
+        "(all three or none). SuperNode: the CA to trust (mandatory across zones with TLS).",
+        _pem_bytes, display=_pem_summary, group="tls",
+    ),
+    Variable(
+        "FL_SSL_CERTFILE", L, "text64",
+        "Base64 of the PEM server certificate (chain allowed) for operator PKI.",
+        _pem_bytes, display=_pem_summary, group="tls",
+    ),
+    Variable(
+        "FL_SSL_KEYFILE", L, "text64", "Base64 of the PEM private key of FL_SSL_CERTFILE.",
+        _pem_bytes, secret=True, group="tls",
+    ),
+    Variable(
+        "FL_CERT_EXTRA_SAN", L, "text",
+        "Extra names for the generated server certificate, comma-separated IP:a.b.c.d, IP:v6 or DNS:name "
+        "(tunnel, public or NAT addresses SuperNodes dial). Ignored under operator PKI.",
+        v.san_list, display=_sans_display, group="tls",
+    ),
+    Variable(
+        "FL_DATABASE", L, "text", "SuperLink state database, relative to /opt/flower ([A-Za-z0-9._/-], no '..').",
+        v.relative_path, default="state/state.db",
+    ),
+    Variable(
+        "FL_SUPERLINK_ADDRESS", N, "text",
+        "SuperLink Fleet API as host:port or [v6]:port. Empty: discovered through OneGate (same OneFlow "
+        "service only); mandatory across zones.",
+        v.host_port, group="supernode",
+    ),
+    Variable(
+        "FL_NODE_CONFIG", N, "text",
+        "Flower node config: key=value pairs separated by spaces (e.g. partition-id=0 num-partitions=2).",
+        v.node_config, display=_node_config_display, group="supernode",
+    ),
+    Variable(
+        "FL_MAX_RETRIES", N, "number", "SuperNode reconnection attempts; 0 = retry forever.",
+        _num(0, 1_000_000), default="0", bounds=(0, 1_000_000), group="supernode",
+    ),
+    Variable(
+        "FL_MAX_WAIT_TIME", N, "number", "Total seconds the SuperNode keeps reconnecting; 0 = forever.",
+        _num(0, 31_536_000), default="0", bounds=(0, 31_536_000), group="supernode",
+    ),
+    Variable(
+        "FL_WG_ENABLED", LN, "boolean", "Bring up the WireGuard interface wg0.",
+        v.boolean, default="NO", display=_yes_no, group="wireguard",
+    ),
+    Variable(
+        "FL_WG_ADDRESS", LN, "text",
+        "This VM's tunnel address with prefix, e.g. 10.10.9.0/31 or 10.10.9.1/24; required when enabled.",
+        v.interface_cidr, group="wireguard",
+    ),
+    Variable(
+        "FL_WG_PRIVATE_KEY", LN, "password",
+        "WireGuard private key (base64, as from `wg genkey`). Empty: generated once on the VM, kept across "
+        "reboots, never leaves it.",
+        v.wg_key, secret=True, group="wireguard",
+    ),
+    Variable(
+        "FL_WG_LISTEN_PORT", LN, "number", "WireGuard UDP listen port.",
+        _num(1, 65535), default="51820", bounds=(1, 65535), group="wireguard",
+    ),
+    Variable(
+        "FL_WG_MTU", LN, "number", "MTU of wg0.",
+        _num(1280, 9000), default="1420", bounds=(1280, 9000), group="wireguard",
+    ),
+    Variable(
+        "FL_WG_PEERS", LN, "text64",
+        "Base64 of one or more wg-quick [Peer] sections (PublicKey, Endpoint, AllowedIPs, PersistentKeepalive, "
+        "PresharedKey).",
+        _peers_text, display=_peers_summary, group="wireguard",
+    ),
+    Variable(
+        "FL_WG_PEER_PUBLIC_KEY", LN, "text", "One peer without a [Peer] section: its public key.",
+        v.wg_key, group="wireguard",
+    ),
+    Variable(
+        "FL_WG_PEER_ENDPOINT", LN, "text", "That peer's endpoint host:port (hostnames resolved when applied).",
+        v.host_port, group="wireguard",
+    ),
+    Variable(
+        "FL_WG_PEER_ALLOWED_IPS", LN, "text", "That peer's allowed IPs, comma-separated networks.",
+        lambda s: tuple(v.network_cidr(x) for x in s.split(",")),
+        display=lambda t: ",".join(str(x) for x in t), group="wireguard",
+    ),
+    Variable(
+        "FL_WG_PERSISTENT_KEEPALIVE", LN, "number",
+        "Seconds between WireGuard keepalives for peers that do not set PersistentKeepalive; 0 = off.",
+        _num(0, 65535), default="25", bounds=(0, 65535), group="wireguard",
+    ),
+    Variable(
+        "FL_WG_FORWARD", LN, "boolean", "Enable IPv4 forwarding (a hub or site gateway between sites).",
+        v.boolean, default="NO", display=_yes_no, group="wireguard",
+    ),
+)
+
+BY_NAME: dict[str, Variable] = {var.name: var for var in REGISTRY}
+BY_ALIAS: dict[str, Variable] = {var.alias: var for var in REGISTRY}
+
+GROUP_TITLES = {
+    "general": "General",
+    "tls": "TLS",
+    "keepalive": "gRPC keepalive",
+    "supernode": "SuperNode",
+    "wireguard": "WireGuard",
+}
+
+
+def all_names() -> frozenset[str]:
+    """Every name flower-ctx reads from CONTEXT: canonical and alias."""
+    return frozenset(BY_NAME) | frozenset(BY_ALIAS)
+
+
+def user_input(var: Variable, mandatory: bool = False, default: str | None = None) -> str:
+    """The OpenNebula ``M|type|description|params|default`` string."""
+    desc = var.description.replace("|", "/")
+    dflt = var.default if default is None else default
+    return f"{'M' if mandatory else 'O'}|{var.type}|{desc}|{var.params}|{dflt or ''}"
+
