@@ -62,9 +62,10 @@ class LazyGroup(click.Group):
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.version_option(__version__, "--version", prog_name="flower-ctx", message="%(prog)s %(version)s")
+@click.option("-v", "--verbose", is_flag=True, help="Log what is done (INFO) on stderr.")
 @click.option("--debug", is_flag=True, help="Log debug details and show tracebacks of unexpected errors.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, debug: bool) -> None:
     """Configure this VM as a Flower SuperLink or SuperNode from its OpenNebula CONTEXT.
 
     Exit status: 0 ok, 1 failed, 2 bad input (the message names the variable and the fix).
@@ -72,7 +73,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     logging.basicConfig(
-        level=logging.DEBUG if debug else logging.INFO,
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
