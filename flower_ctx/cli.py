@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> Any:
     """Console entry point: known errors print their message only; exit codes 0/1/2."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        return cli.main(args=argv, prog_name="flower-ctx", standalone_mode=False)
+        rv = cli.main(args=argv, prog_name="flower-ctx", standalone_mode=False)
+        # Without standalone mode click returns the code of a raised Exit instead of exiting.
+        sys.exit(rv if isinstance(rv, int) else 0)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:

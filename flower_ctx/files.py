@@ -51,11 +51,14 @@ class FileChange:
 
 
 def _resolve_ids(owner: str | None, group: str | None) -> tuple[int, int]:
-    """uid/gid to chown to; -1 leaves it as is (user missing in a staging root or a test)."""
+    """uid/gid to chown to; -1 leaves it as is (user missing in a staging root or a test, or not root:
+    an operator staging a tree as themselves cannot chown, and the owner only matters on the VM)."""
     import grp
     import pwd
 
     uid = gid = -1
+    if os.geteuid() != 0:
+        return uid, gid
     if owner is not None:
         try:
             uid = pwd.getpwnam(owner).pw_uid
