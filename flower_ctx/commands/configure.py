@@ -26,9 +26,17 @@ def _steps() -> list[tuple[str, Step]]:
 
     Imported here, not at module level, so `configure --help` stays light.
     """
-    from .. import runtime, tls, wireguard
+    from .. import agentstate, runtime, tls, wireguard
+    from ..model import Role
 
-    return [("tls", tls.apply), ("wireguard", wireguard.apply), ("runtime", runtime.apply)]
+    def runtime_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
+        # A SuperNode that found its SuperLink through OneGate keeps that address across re-runs.
+        found = None
+        if config.role is Role.SUPERNODE and config.superlink_address is None:
+            found = agentstate.discovered_superlink(paths)
+        return runtime.apply(config, paths, dry_run=dry_run, superlink_address=found)
+
+    return [("tls", tls.apply), ("wireguard", wireguard.apply), ("runtime", runtime_step)]
 
 
 @contextlib.contextmanager

@@ -1,0 +1,85 @@
+"""``flower-ctx status``: what this VM is and whether it is ready. No secrets."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import FlowerCtxError
+from ..inspect import detect_role, facts
+from ._common import ROLES, paths_for, root_option
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    s = int(seconds)
+    return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
+
+
+def render(f: dict[str, Any]) -> list[str]:
+    rows: list[tuple[str, str]] = [("role", f["role"])]
+    fv = f["flower_version"]
+    rows.append(("flower", f"{fv['configured'] or '?'} configured, {fv['installed'] or 'not installed'} installed"))
+    svc = f["service"]
+    rows.append(("service", f"{svc['detail']} ({svc['manager']})"))
+    if f["role"] == "superlink":
+        rows.append(("fleet api", str(f.get("fleet_api_address"))))
+    else:
+        rows.append(("superlink", str(f.get("superlink_address") or "not known yet (OneGate discovery)")))
+    ka = f.get("keepalive") or {}
+    if ka:
+        rows.append(("keepalive", f"ping every {ka.get('time_s')}s, dead after {ka.get('timeout_s')}s without ACK"))
+    tls = f["tls"]
+    if not tls["enabled"]:
+        rows.append(("tls", "off"))
+    for key, label in (("ca", "ca"), ("server", "server cert")):
+        info = tls.get(key)
+        if info:
+            text = f"{info['fingerprint']} expires {info['not_after']}" if not info["problem"] else info["problem"]
+            rows.append((label, text))
+            if key == "server" and info["sans"]:
+                rows.append(("server sans", ",".join(info["sans"])))
+    wg = f.get("wireguard")
+    if wg:
+        rows.append(("wireguard", f"{wg['interface']} {'up' if wg['up'] else 'down'} ({wg['backend']}), "
+                                  f"{','.join(wg['addresses'])}, port {wg['listen_port']}"))
+        rows.append(("wg public key", str(wg["public_key"])))
+        for p in wg["peers"]:
+            rows.append(("wg peer", f"{p['public_key']} {p['endpoint'] or '-'} handshake "
+                                    f"{_age(p['latest_handshake_age'])} rx {p['rx_bytes']} tx {p['tx_bytes']}"))
+    og = f.get("onegate")
+    if og:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(og.get("time", 0)))
+        if og.get("onegate_problem") or not og.get("published", False):
+            text = f"{when}: not published ({og.get('onegate_problem') or og.get('reason')})"
+        else:
+            text = f"{when}: {'READY=YES' if og.get('ready') else 'FL_READY=NO ' + repr(og.get('error'))}"
+        rows.append(("onegate", text))
+    else:
+        rows.append(("onegate", "nothing published yet"))
+    width = max(len(k) for k, _ in rows)
+    return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+@click.command("status")
+@click.option("--role", type=click.Choice(ROLES), default=None, help="Role to show (default: the one configured).")
+@root_option
+@click.option("--json", "as_json", is_flag=True, help="Print stable JSON (see docs/status.md).")
+def command(role: str | None, root: Path | None, as_json: bool) -> None:
+    """Show role, Flower version, service state, endpoint, TLS, WireGuard, keepalive and the last OneGate report."""
+    paths = paths_for(root)
+    role = role or detect_role(paths)
+    if role is None:
+        raise FlowerCtxError(f"not configured: no runtime config under {paths.config_dir} "
+                             "(run flower-ctx configure --role ROLE, or pass --role)")
+    f = facts(paths, role)
+    if as_json:
+        click.echo(json.dumps({"status_version": 1, **f}, indent=2, sort_keys=True))
+    else:
+        for line in render(f):
+            click.echo(line)

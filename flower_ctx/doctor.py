@@ -1,0 +1,252 @@
+"""``doctor``'s checks: each returns ok / warning / problem with the fix in operator terms."""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FlowerCtxError
+from .health import runtime_doc, superlink_dial_address
+from .inspect import EXPIRY_WARN_DAYS, cert_info, wg_status
+from .model import Config, HostPort, Role
+from .paths import Paths
+
+OK, WARNING, PROBLEM = "ok", "warning", "problem"
+STALE_HANDSHAKE_S = 180  # WireGuard re-handshakes every 2 minutes while traffic flows
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str
+    message: str
+    fix: str = ""
+
+
+def _target(doc: dict | None) -> HostPort | None:
+    addr = (doc or {}).get("superlink_address")
+    if not addr:
+        return None
+    host, _, port = str(addr).rpartition(":")
+    return HostPort(host.strip("[]"), int(port))
+
+
+def run_checks(config: Config | None, context_error: FlowerCtxError | None, paths: Paths, role: str,
+               values: dict[str, str] | None = None) -> list[Check]:
+    return list(_checks(config, context_error, paths, role, values or {}))
+
+
+def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: Paths, role: str,
+            values: dict[str, str]) -> Iterator[Check]:
+    if context_error is not None:
+        yield Check("context", PROBLEM, str(context_error).replace("\n", "; "),
+                    "correct the variables named above in the VM's CONTEXT, then run flower-ctx configure")
+    else:
+        yield Check("context", OK, f"CONTEXT valid for {role}")
+    if config is not None:
+        yield from _template_checks(values)
+    doc = runtime_doc(paths, role)
+    if doc is None:
+        yield Check("configured", PROBLEM, f"no runtime config at {paths.runtime_config(role)}",
+                    f"run flower-ctx configure --role {role}")
+        return
+    yield from _service_check(paths, role)
+    if config is None:
+        return
+    if config.role is Role.SUPERLINK:
+        yield from _superlink_tls(config, paths, doc)
+    else:
+        yield from _supernode_link(config, paths, doc)
+    yield from _wireguard(config, paths, doc)
+    yield from _keepalive(config, paths, role)
+    yield from _onegate(config, paths)
+
+
+def _template_checks(values: dict[str, str]) -> Iterator[Check]:
+    if values.get("REPORT_READY", "").upper() != "YES" or values.get("TOKEN", "").upper() != "YES":
+        missing = [n for n in ("TOKEN", "REPORT_READY") if values.get(n, "").upper() != "YES"]
+        yield Check("vm template", WARNING, f"CONTEXT has no {' and no '.join(f'{n}=YES' for n in missing)}",
+                    "set CONTEXT TOKEN=YES and REPORT_READY=YES in the VM template so OneGate and OneFlow's "
+                    "ready_status_gate work")
+
+
+def _service_check(paths: Paths, role: str) -> Iterator[Check]:
+    from .supervisor import for_machine
+
+    state = for_machine(paths).state(role)
+    if state.running:
+        yield Check("service", OK, f"flower-{role} {state.detail} ({state.manager})")
+    else:
+        where = "journalctl -u flower-" + role if state.manager == "systemd" else f"{paths.flower_home}/run/{role}.log"
+        yield Check("service", PROBLEM, f"flower-{role} is {state.detail}",
+                    f"run flower-ctx bootstrap --role {role}; its log: {where}")
+
+
+def _cert_checks(label: str, path: Path, now: datetime.datetime) -> Iterator[Check]:
+    info = cert_info(path, now)
+    if info is None:
+        yield Check(label, PROBLEM, f"missing: {path}", "run flower-ctx configure")
+        return
+    if info.problem:
+        yield Check(label, PROBLEM, f"{path} is {info.problem}",
+                    "run flower-ctx configure to re-issue it (generated PKI) or provide a valid one")
+    elif info.days_left is not None and info.days_left < EXPIRY_WARN_DAYS:
+        yield Check(label, WARNING, f"{path} expires in {info.days_left} days ({info.not_after})",
+                    "run flower-ctx configure (re-issues generated certificates within 30 days of expiry)")
+    else:
+        yield Check(label, OK, f"{info.fingerprint}, valid until {info.not_after}")
+
+
+def _superlink_tls(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
+    from .probe import probe_tls
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    target = superlink_dial_address(config, doc)
+    if not config.tls_enabled:
+        yield Check("tls", WARNING, "TLS is off on the Fleet API",
+                    "set FL_TLS_ENABLED=YES for anything crossing a zone")
+        return
+    yield from _cert_checks("ca", paths.ca_cert, now)
+    yield from _cert_checks("server cert", paths.server_cert, now)
+    info = cert_info(paths.server_cert, now)
+    if info is not None and not info.problem:
+        want = {f"IP:{target.host}"} | {str(s) for s in config.cert_extra_san}
+        missing = sorted(w for w in want if w not in info.sans) if not config.operator_pki else []
+        if missing:
+            yield Check("server sans", PROBLEM, f"the certificate lacks {', '.join(missing)}",
+                        "run flower-ctx configure (it re-issues the certificate when the SAN set changes)")
+        else:
+            yield Check("server sans", OK, ",".join(info.sans))
+    try:
+        ca = paths.ca_cert.read_bytes()
+    except OSError:
+        return
+    result = probe_tls(target.host, target.port, ca, timeout=3.0)
+    if result.ok:
+        yield Check("fleet api", OK, f"{target} answers TLS verified with this SuperLink's CA")
+    else:
+        yield Check("fleet api", PROBLEM, result.message, "check the service log; flower-ctx bootstrap restarts it")
+
+
+def _supernode_link(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
+    from .probe import ProbeKind, probe_tls
+
+    target = _target(doc)
+    if target is None:
+        yield Check("superlink", PROBLEM, "no SuperLink address: FL_SUPERLINK_ADDRESS is empty and OneGate discovery "
+                    "has found none", "set FL_SUPERLINK_ADDRESS=host:9092, or run the SuperNode in the SuperLink's "
+                    "OneFlow service with TOKEN=YES")
+        return
+    if not config.tls_enabled:
+        from .health import _tcp
+
+        err = _tcp(target, 3.0)
+        yield (Check("superlink", OK, f"{target} accepts connections (TLS off)") if err is None else
+               Check("superlink", PROBLEM, f"{target} unreachable: {err}", _unreachable_fix(config, paths)))
+        return
+    now = datetime.datetime.now(datetime.timezone.utc)
+    yield from _cert_checks("ca", paths.ca_cert, now)
+    try:
+        ca = paths.ca_cert.read_bytes()
+    except OSError:
+        return
+    result = probe_tls(target.host, target.port, ca, timeout=3.0)
+    if result.ok:
+        yield Check("superlink", OK, f"{target} verified with the configured CA")
+        return
+    fixes = {
+        ProbeKind.CA_MISMATCH: "set FL_SSL_CA_CERTFILE on this SuperNode to the SuperLink's CA "
+                               "(`flower-ctx ca export` on the SuperLink)",
+        ProbeKind.NAME_MISMATCH: f"set FL_CERT_EXTRA_SAN=IP:{target.host} on the SuperLink"
+        if target.ip is not None else f"set FL_CERT_EXTRA_SAN=DNS:{target.host} on the SuperLink",
+        ProbeKind.EXPIRED: "run flower-ctx configure on the SuperLink (it re-issues an expiring certificate)",
+        ProbeKind.NOT_YET_VALID: "check the clocks of both VMs (NTP)",
+        ProbeKind.UNREACHABLE: _unreachable_fix(config, paths),
+    }
+    yield Check("superlink", PROBLEM, result.message, fixes.get(result.kind, "see the message"))
+
+
+def _unreachable_fix(config: Config, paths: Paths) -> str:
+    base = "check that the SuperLink VM runs (flower-ctx status there) and that TCP 9092 is open between the VMs"
+    if config.wg is None:
+        return base
+    wg = wg_status(paths)
+    if wg is None:
+        return base + "; wg0 is not up here: run flower-ctx configure"
+    ages = [p.latest_handshake_age for p in wg.peers]
+    if all(a is None for a in ages):
+        return base + "; the WireGuard hub has never completed a handshake (see the wireguard check)"
+    age = min(a for a in ages if a is not None)
+    return base + f"; last WireGuard handshake {int(age)}s ago"
+
+
+def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
+    if config.wg is None:
+        return
+    if paths.staged:
+        yield Check("wireguard", WARNING, "not inspected under --root", "")
+        return
+    wg = wg_status(paths)
+    if wg is None:
+        yield Check("wireguard", PROBLEM, "FL_WG_ENABLED=YES but there is no wg0", "run flower-ctx configure")
+        return
+    yield Check("wireguard", OK, f"wg0 {'up' if wg.up else 'down'} ({wg.backend}), {', '.join(wg.addresses)}, "
+                                 f"public key {wg.public_key}")
+    for p in wg.peers:
+        short = p.public_key[:10] + "..."
+        if p.latest_handshake_age is None:
+            yield Check("wg peer", PROBLEM, f"peer {short} ({p.endpoint or 'no endpoint'}) never completed a handshake",
+                        f"check the endpoint and that UDP {config.wg.listen_port} is open, and that each side has the other's public "
+                        "key (flower-ctx status shows this VM's)")
+        elif p.latest_handshake_age > STALE_HANDSHAKE_S:
+            yield Check("wg peer", WARNING, f"peer {short}: last handshake {int(p.latest_handshake_age)}s ago",
+                        "the tunnel is idle or the peer is gone; PersistentKeepalive keeps NAT state alive")
+        else:
+            yield Check("wg peer", OK, f"peer {short}: handshake {int(p.latest_handshake_age)}s ago")
+
+
+def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
+    t, to = config.keepalive_time, config.keepalive_timeout
+    log = paths.flower_home / "run" / f"{role}.log"
+    try:
+        tail = log.read_bytes()[-200_000:]
+    except OSError:
+        tail = b""
+    if b"too_many_pings" in tail or b"ENHANCE_YOUR_CALM" in tail:
+        yield Check("keepalive", PROBLEM, "the SuperLink closed the connection with GOAWAY too_many_pings",
+                    f"the SuperLink does not accept pings every {t}s: run it with flower-ctx (allows 10 s) or "
+                    "raise FL_GRPC_KEEPALIVE_TIME")
+        return
+    note = ""
+    if role == "supernode":
+        from . import agentstate
+
+        disc = agentstate.read(paths, "discovered.json")
+        note = ("SuperLink found through OneGate (configured by flower-ctx: accepts pings every 10 s)" if disc else
+                "assumes the SuperLink runs flower-ctx (accepts pings every 10 s); a stock SuperLink answers "
+                "frequent pings with GOAWAY too_many_pings")
+    yield Check("keepalive", OK, f"ping every {t}s, timeout {to}s" + (f"; {note}" if note else ""))
+
+
+def _onegate(config: Config, paths: Paths) -> Iterator[Check]:
+    if paths.staged:
+        return
+    if not config.onegate.usable:
+        missing = [n for n, v in (("ONEGATE_ENDPOINT", config.onegate.endpoint), ("VMID", config.onegate.vmid),
+                                  ("token", config.onegate.token)) if not v]
+        yield Check("onegate", WARNING, f"not configured (missing {', '.join(missing)})",
+                    "set CONTEXT TOKEN=YES in the VM template; readiness cannot be reported without it")
+        return
+    from .errors import OneGateError
+    from .onegate import OneGateClient
+
+    client = OneGateClient(config.onegate, timeout=3.0, retries=1)
+    try:
+        client.get_vm()
+    except OneGateError as exc:
+        yield Check("onegate", PROBLEM, f"{config.onegate.endpoint}: {client.redact(str(exc))}",
+                    "check the OneGate service and the VM's token (TOKEN=YES)")
+        return
+    yield Check("onegate", OK, f"{config.onegate.endpoint} answers")

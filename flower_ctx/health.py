@@ -1,0 +1,100 @@
+"""Health checks behind readiness: is this role really serving? (DESIGN section 8)
+
+SuperLink: the Fleet API completes a TLS handshake verified with its own CA on the address
+SuperNodes use (a plain TCP connect without TLS). SuperNode: the Flower process runs and the
+SuperLink answers a handshake that verifies with the configured CA.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from .model import Config, HostPort, Role
+from .paths import Paths
+from .supervisor import Supervisor
+
+FLEET_PORT = 9092
+
+
+@dataclass(frozen=True)
+class Health:
+    ok: bool
+    detail: str  # operator terms
+    waiting: bool = False  # SuperNode: the SuperLink is not reachable (yet): not a boot failure
+    kind: str = ""  # the probe kind when a handshake was tried
+
+
+def runtime_doc(paths: Paths, role: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(paths.runtime_config(role).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def fleet_port(doc: dict[str, Any] | None) -> int:
+    addr = (doc or {}).get("fleet_api_address") or f"0.0.0.0:{FLEET_PORT}"
+    try:
+        return int(str(addr).rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return FLEET_PORT
+
+
+def superlink_dial_address(config: Config, doc: dict[str, Any] | None) -> HostPort:
+    """Where SuperNodes reach this SuperLink: the primary NIC address, else loopback."""
+    port = fleet_port(doc)
+    for nic in sorted(config.nics, key=lambda n: n.index):
+        ip = nic.ip or nic.ip6
+        if ip is not None:
+            return HostPort(str(ip), port)
+    return HostPort("127.0.0.1", port)
+
+
+def _tcp(hp: HostPort, timeout: float) -> str | None:
+    try:
+        with socket.create_connection((hp.host, hp.port), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: float = 3.0) -> Health:
+    from .probe import ProbeKind, probe_tls
+
+    role = config.role.value
+    doc = runtime_doc(paths, role)
+    if doc is None:
+        return Health(False, f"no runtime config at {paths.runtime_config(role)}: run flower-ctx configure first")
+    state = supervisor.state(role)
+    if not state.running:
+        return Health(False, f"the Flower {role} is not running ({state.detail}); see its log")
+    if config.role is Role.SUPERLINK:
+        target = superlink_dial_address(config, doc)
+    else:
+        addr = doc.get("superlink_address")
+        if not addr:
+            return Health(False, "no SuperLink address yet (OneGate discovery has not found one)", waiting=True)
+        host, _, port = str(addr).rpartition(":")
+        target = HostPort(host.strip("[]"), int(port))
+    if not config.tls_enabled:
+        err = _tcp(target, timeout)
+        if err is None:
+            return Health(True, f"{role} up; Fleet API {target} accepts connections (TLS off)")
+        who = "Fleet API" if config.role is Role.SUPERLINK else "SuperLink"
+        return Health(False, f"{who} {target} unreachable: {err}", waiting=config.role is Role.SUPERNODE)
+    try:
+        ca = paths.ca_cert.read_bytes()
+    except OSError:
+        return Health(False, f"no CA at {paths.ca_cert}: run flower-ctx configure (or set FL_SSL_CA_CERTFILE)")
+    result = probe_tls(target.host, target.port, ca, timeout=timeout)
+    if result.ok:
+        if config.role is Role.SUPERLINK:
+            return Health(True, f"Fleet API {target} answers TLS verified with its own CA", kind=result.kind.value)
+        return Health(True, f"SuperNode running; SuperLink {target} verified with the configured CA",
+                      kind=result.kind.value)
+    waiting = config.role is Role.SUPERNODE and result.kind is ProbeKind.UNREACHABLE
+    prefix = "waiting for SuperLink: " if waiting else ""
+    return Health(False, prefix + result.message, waiting=waiting, kind=result.kind.value)

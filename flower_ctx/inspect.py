@@ -1,0 +1,115 @@
+"""Read what is on the machine (no changes): the facts behind ``status`` and ``doctor``. No secrets."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import agentstate
+from .health import runtime_doc
+from .paths import Paths
+
+ROLES = ("superlink", "supernode")
+EXPIRY_WARN_DAYS = 30
+
+
+def detect_role(paths: Paths) -> str | None:
+    """The role configure set up here (the runtime config present); None when not configured."""
+    found = [r for r in ROLES if paths.runtime_config(r).exists()]
+    return found[0] if len(found) == 1 else None
+
+
+def installed_flower_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flwr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass
+class CertInfo:
+    path: str
+    subject: str = ""
+    fingerprint: str = ""
+    not_after: str = ""
+    days_left: int | None = None
+    sans: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+def cert_info(path: Any, now: datetime.datetime | None = None) -> CertInfo | None:
+    from . import pem
+
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return CertInfo(str(path), problem=f"unreadable: {exc.strerror}")
+    try:
+        cert = pem.load_certs(data)[0]
+    except pem.PemError as exc:
+        return CertInfo(str(path), problem=str(exc))
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    days = (cert.not_valid_after_utc - now).days
+    return CertInfo(
+        str(path),
+        subject=cert.subject.rfc4514_string(),
+        fingerprint=pem.fingerprint(cert),
+        not_after=cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        days_left=days,
+        sans=pem.san_entries(cert),
+        problem=pem.validity_problem(cert, now),
+    )
+
+
+def wg_status(paths: Paths) -> Any:
+    if paths.staged:
+        return None
+    try:
+        from .wireguard import status
+
+        return status(paths)
+    except Exception:  # a broken or absent netlink must not break status/doctor
+        return None
+
+
+def facts(paths: Paths, role: str) -> dict[str, Any]:
+    """Everything status shows, as plain JSON-able data."""
+    from .supervisor import for_machine
+
+    doc = runtime_doc(paths, role) or {}
+    sup = for_machine(paths)
+    state = sup.state(role)
+    out: dict[str, Any] = {
+        "role": role,
+        "configured": bool(doc),
+        "flower_version": {"configured": doc.get("flower_version"), "installed": installed_flower_version()},
+        "service": {"manager": state.manager, "running": state.running, "pid": state.pid, "detail": state.detail},
+        "keepalive": doc.get("keepalive"),
+        "tls": {"enabled": bool((doc.get("tls") or {}).get("enabled"))},
+    }
+    if role == "superlink":
+        out["fleet_api_address"] = doc.get("fleet_api_address")
+    else:
+        out["superlink_address"] = doc.get("superlink_address")
+        disc = agentstate.read(paths, "discovered.json")
+        if disc:
+            out["discovered"] = disc
+    ca = cert_info(paths.ca_cert)
+    if ca is not None:
+        out["tls"]["ca"] = ca.__dict__
+    if role == "superlink":
+        server = cert_info(paths.server_cert)
+        if server is not None:
+            out["tls"]["server"] = server.__dict__
+    wg = wg_status(paths)
+    if wg is not None:
+        out["wireguard"] = wg.to_dict()
+    else:
+        out["wireguard"] = None
+    out["onegate"] = agentstate.read(paths, "publication.json")
+    return out

@@ -1,0 +1,254 @@
+"""Start and watch the Flower service: systemd on a VM, a small built-in supervisor elsewhere.
+
+The built-in one (used when systemd is not PID 1, e.g. inside the test rigs' simulated VMs) runs
+``flower-ctx run <role>`` detached, in its own session, with a pid file holding the pid and the
+process start time so a recycled pid is never mistaken for ours. Both restart the service only
+when what it runs from (runtime config, certificates) changed since it was started: a re-run of
+bootstrap with nothing changed leaves the running Flower alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ApplyError
+from .files import ensure_dir, write_file
+from .paths import Paths
+
+# Environment names a child must never inherit: the one-apps hook exports every CONTEXT variable,
+# secrets included, and the OneGate token.
+_SCRUB = re.compile(r"(FL_|ONEAPP_|FLOWER_VERSION\Z|TOKENTXT\Z|ONEGATE_TOKEN\Z|ETH[0-9]+_)")
+
+
+def unit_name(role: str) -> str:
+    return f"flower-{role}.service"
+
+
+def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not _SCRUB.match(k)}
+    env.update(extra or {})
+    return env
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    running: bool
+    pid: int | None
+    detail: str  # "active (pid 123)", "not running", "failed", ...
+    manager: str  # "systemd" | "builtin"
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22 (starttime) counted after the ")" that closes the command name.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def fingerprint_inputs(paths: Paths, role: str) -> str:
+    """Hash of what the service reads at start; a change means it must be restarted."""
+    h = hashlib.sha256()
+    for p in (paths.runtime_config(role), paths.ca_cert, paths.server_cert, paths.server_key):
+        try:
+            h.update(p.read_bytes())
+        except OSError:
+            h.update(b"-")
+    return h.hexdigest()
+
+
+class Supervisor:
+    manager = "base"
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.flower_home / "run"
+
+    def _stamp(self, role: str) -> Path:
+        return self.run_dir / f"{role}.inputs"
+
+    def needs_restart(self, role: str) -> bool:
+        try:
+            return self._stamp(role).read_text().strip() != fingerprint_inputs(self.paths, role)
+        except OSError:
+            return True
+
+    def _record_inputs(self, role: str) -> None:
+        ensure_dir(self.run_dir, 0o755)
+        write_file(self._stamp(role), (fingerprint_inputs(self.paths, role) + "\n").encode(), 0o644)
+
+    def state(self, role: str) -> ServiceState:
+        raise NotImplementedError
+
+    def ensure_running(self, role: str) -> str:
+        """Start (or restart after a change) the role's service. Returns what was done."""
+        raise NotImplementedError
+
+    def stop(self, role: str) -> None:
+        raise NotImplementedError
+
+
+class SystemdSupervisor(Supervisor):
+    manager = "systemd"
+
+    def _systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60)
+
+    def state(self, role: str) -> ServiceState:
+        out = self._systemctl("show", unit_name(role), "--property=ActiveState,SubState,MainPID")
+        props = dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+        pid = int(props.get("MainPID", "0") or 0) or None
+        active = props.get("ActiveState") == "active"
+        return ServiceState(active, pid, f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})", "systemd")
+
+    def ensure_running(self, role: str) -> str:
+        unit = unit_name(role)
+        restart = self.needs_restart(role)
+        self._systemctl("daemon-reload")
+        out = self._systemctl("enable", unit)
+        if out.returncode != 0:
+            raise ApplyError(f"systemctl enable {unit} failed: {out.stderr.strip()[:200]}")
+        running = self.state(role).running
+        action = "restarted" if running and restart else "unchanged" if running else "started"
+        if action != "unchanged":
+            out = self._systemctl("restart" if running else "start", unit)
+            if out.returncode != 0:
+                raise ApplyError(f"systemctl start {unit} failed: {out.stderr.strip()[:200]} (journalctl -u {unit})")
+        self._record_inputs(role)
+        return action
+
+    def stop(self, role: str) -> None:
+        self._systemctl("stop", unit_name(role))
+
+
+class BuiltinSupervisor(Supervisor):
+    manager = "builtin"
+
+    def _pidfile(self, role: str) -> Path:
+        return self.run_dir / f"{role}.pid"
+
+    def log_file(self, role: str) -> Path:
+        return self.run_dir / f"{role}.log"
+
+    def _read_pid(self, role: str) -> int | None:
+        try:
+            pid_s, start = self._pidfile(role).read_text().split()
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            return None
+        return pid if _proc_start_time(pid) == start else None
+
+    def state(self, role: str) -> ServiceState:
+        pid = self._read_pid(role)
+        if pid is None:
+            return ServiceState(False, None, "not running", self.manager)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return ServiceState(False, None, "not running", self.manager)
+        if state == "Z":
+            return ServiceState(False, pid, "exited", self.manager)
+        return ServiceState(True, pid, f"running (pid {pid})", self.manager)
+
+    def ensure_running(self, role: str) -> str:
+        st = self.state(role)
+        if st.running and not self.needs_restart(role):
+            return "unchanged"
+        action = "restarted" if st.running else "started"
+        if st.running:
+            self.stop(role)
+        ensure_dir(self.run_dir, 0o755)
+        argv = [sys.executable, "-m", "flower_ctx", "run", role]
+        if self.paths.staged:
+            argv += ["--root", str(self.paths.root)]
+        log = open(self.log_file(role), "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                env=child_environment({"PATH": _path_with_venv()}),
+                cwd="/",
+            )
+        finally:
+            log.close()
+        start = None
+        for _ in range(50):  # /proc entry appears at once, but be patient under load
+            start = _proc_start_time(proc.pid)
+            if start:
+                break
+            time.sleep(0.01)
+        write_file(self._pidfile(role), f"{proc.pid} {start}\n".encode(), 0o644)
+        self._record_inputs(role)
+        return action
+
+    def stop(self, role: str, timeout: float = 10.0) -> None:
+        pid = self._read_pid(role)
+        if pid is None:
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _proc_start_time(pid) is not None:
+            try:
+                if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                    break
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        else:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self._pidfile(role).unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _path_with_venv() -> str:
+    # Flower starts flower-superexec by name: the virtualenv's bin/ must come first.
+    venv_bin = str(Path(sys.executable).parent)
+    rest = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p != venv_bin]
+    return os.pathsep.join([venv_bin, *rest])
+
+
+def systemd_is_init() -> bool:
+    try:
+        init = Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        return False
+    return init == "systemd" and os.path.isdir("/run/systemd/system") and shutil.which("systemctl") is not None
+
+
+def for_machine(paths: Paths) -> Supervisor:
+    """systemd when it runs this machine (and we are not staging), else the built-in supervisor.
+
+    FLOWER_CTX_SUPERVISOR=builtin forces the built-in one: simulated VMs share the host's PID 1.
+    """
+    forced = os.environ.get("FLOWER_CTX_SUPERVISOR")
+    if forced == "builtin":
+        return BuiltinSupervisor(paths)
+    if forced == "systemd" or (not paths.staged and systemd_is_init()):
+        return SystemdSupervisor(paths)
+    return BuiltinSupervisor(paths)
