@@ -198,8 +198,8 @@ def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
         short = p.public_key[:10] + "..."
         if p.latest_handshake_age is None:
             yield Check("wg peer", PROBLEM, f"peer {short} ({p.endpoint or 'no endpoint'}) never completed a handshake",
-                        f"check the endpoint and that UDP {config.wg.listen_port} is open, and that each side has the other's public "
-                        "key (flower-ctx status shows this VM's)")
+                        f"check the endpoint and that UDP {config.wg.listen_port} is open, and that each side "
+                        "has the other's public key (flower-ctx status shows this VM's)")
         elif p.latest_handshake_age > STALE_HANDSHAKE_S:
             yield Check("wg peer", WARNING, f"peer {short}: last handshake {int(p.latest_handshake_age)}s ago",
                         "the tunnel is idle or the peer is gone; PersistentKeepalive keeps NAT state alive")
