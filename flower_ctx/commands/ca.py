@@ -1,0 +1,61 @@
+"""``flower-ctx ca export``: print the CA for another zone's ``FL_SSL_CA_CERTFILE``."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import click
+
+from ..errors import FlowerCtxError
+from ._common import paths_for, root_option
+
+
+class NoCaError(FlowerCtxError):
+    """There is no usable CA on this machine yet (exit 1)."""
+
+
+@click.group("ca")
+def command() -> None:
+    """The CA of this SuperLink (the one SuperNodes in other zones must trust)."""
+
+
+@command.command("export")
+@root_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["base64", "pem"]),
+    default="base64",
+    show_default=True,
+    help="base64: one line to paste into FL_SSL_CA_CERTFILE; pem: the certificate as is.",
+)
+def export(root: Path | None, fmt: str) -> None:
+    """Print the CA certificate (stdout) and its sha256 fingerprint (stderr).
+
+    Paste the base64 line into FL_SSL_CA_CERTFILE of the SuperNodes in other zones, and compare the
+    fingerprint with FL_CA_FINGERPRINT or `flower-ctx status` on the SuperLink.
+    """
+    from .. import pem
+
+    path = paths_for(root).ca_cert
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise NoCaError(
+            f"no CA yet: {path} does not exist; run `flower-ctx configure --role superlink` with "
+            "FL_TLS_ENABLED=YES first"
+        ) from None
+    except OSError as exc:
+        raise NoCaError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        certs = pem.load_certs(data)
+    except pem.PemError as exc:
+        raise NoCaError(f"{path} {exc}") from None
+    if not pem.is_ca(certs[0]):
+        raise NoCaError(f"{path} is not a CA certificate (no basicConstraints CA:TRUE)")
+    if fmt == "pem":
+        click.echo(data.decode("ascii"), nl=False)
+    else:
+        click.echo(base64.b64encode(data).decode("ascii"))
+    click.echo(f"CA fingerprint: {pem.fingerprint(certs[0])}", err=True)
