@@ -339,7 +339,7 @@ def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector) -> Wg
     _peer_conflicts(peers, peers_n, c)
     private = typed["FL_WG_PRIVATE_KEY"]
     if private is not None and peers:
-        from .wgkeys import public_key_of  # X25519 needs cryptography: only when a key is given
+        from .wireguard.keys import public_key_from_private as public_key_of  # cryptography only when a key is set
 
         own = public_key_of(private)
         for p in peers:

@@ -203,7 +203,7 @@ def read_token(paths: Paths, context_file: Path | None) -> str | None:
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         return None
     for raw in data.splitlines():
-        m = re.match(rb'\s*(?:export\s+)?TOKENTXT="([A-Za-z0-9+/=\s]*)"\s*$', raw)
+        m = re.match(rb'\s*(?:export\s+)?TOKENTXT="([A-Za-z0-9+/=_\s-]*)"\s*$', raw)
         if m:
             value = m.group(1).decode("ascii").strip()
             return value or None

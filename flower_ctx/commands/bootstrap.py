@@ -31,7 +31,7 @@ def say(msg: str) -> None:
 def wg_public_key(config: Config, paths: Paths) -> str | None:
     if config.wg is None:
         return None
-    from ..wgkeys import public_key_of
+    from ..wireguard.keys import public_key_from_private as public_key_of
 
     if config.wg.private_key is not None:
         return public_key_of(config.wg.private_key.reveal().decode())
