@@ -7,7 +7,6 @@ Each VM is configured from a CONTEXT file only, by the real code running inside 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import re
@@ -46,15 +45,8 @@ class Run:
 
 
 def configure(vm: SimVM, role: str, ctx: Path) -> Run:
-    """`flower-ctx configure --role ROLE --context CTX --json`, run inside ``vm``.
-
-    Falls back to the stand-in driver tests/rig/wg_apply.py (same validation, WireGuard step only)
-    where the configure command is not available.
-    """
+    """`flower-ctx configure --role ROLE --context CTX --json`, run inside ``vm``."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    if importlib.util.find_spec("flower_ctx.commands.configure") is None:
-        r = vm.run([sys.executable, "-m", "tests.rig.wg_apply", role, str(ctx)], check=False, env=env)
-        return Run(r.returncode, r.stdout, r.stderr)
     r = vm.run(
         [sys.executable, "-m", "flower_ctx.cli", "configure", "--role", role, "--context", str(ctx), "--json"],
         check=False,
