@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import __version__
-from .errors import EXIT_BAD_INPUT, EXIT_FAILED, FlowerCtxError
+from .errors import EXIT_BAD_INPUT, EXIT_FAILED, FlowerCtxError, ValidationError
 
 # name -> (module, one-line help). The help is here so the top-level --help needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> Any:
     except click.ClickException as exc:
         exc.show()
         sys.exit(EXIT_BAD_INPUT if exc.exit_code == 2 else exc.exit_code)
+    except ValidationError as exc:
+        n = len(exc.problems)
+        click.echo(f"flower-ctx: {n} problem{'s' if n != 1 else ''} in CONTEXT, nothing was changed:", err=True)
+        click.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
     except FlowerCtxError as exc:
         click.echo(f"flower-ctx: {exc}" if "\n" not in str(exc) else f"flower-ctx:\n{exc}", err=True)
         sys.exit(exc.exit_code)
