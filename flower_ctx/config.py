@@ -248,6 +248,19 @@ def _tls_rules(
                 f"{'is' if len(present) == 1 else 'are'} set: operator PKI needs the CA, the certificate and its "
                 "key (or none of them, to let flower-ctx generate its own)",
             )
+        # Still check what was given, so every problem is reported in one run.
+        if ca_raw is not None:
+            _load_ca(ca_raw, ca_n, c, now)
+        if cert_raw is not None:
+            try:
+                pem.load_certs(cert_raw)
+            except pem.PemError as exc:
+                c.err(cert_n, str(exc))
+        if key_raw is not None:
+            try:
+                pem.load_private_key(key_raw)
+            except pem.PemError as exc:
+                c.err(key_n, str(exc))
         return PkiMaterial()
     if ca_raw is None or cert_raw is None or key_raw is None:
         return PkiMaterial()  # their own errors are already reported
