@@ -69,7 +69,7 @@ def render(f: dict[str, Any]) -> list[str]:
 @click.command("status")
 @click.option("--role", type=click.Choice(ROLES), default=None, help="Role to show (default: the one configured).")
 @root_option
-@click.option("--json", "as_json", is_flag=True, help="Print stable JSON (see docs/status.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print stable JSON (see docs/json-output.md).")
 def command(role: str | None, root: Path | None, as_json: bool) -> None:
     """Show role, Flower version, service state, endpoint, TLS, WireGuard, keepalive and the last OneGate report."""
     paths = paths_for(root)
