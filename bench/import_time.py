@@ -45,7 +45,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp) / "context.sh"
         ctx.write_text(render({"ETH0_IP": "10.0.0.5", "FL_CERT_EXTRA_SAN": "IP:10.10.9.0", "VMID": "1"}))
-        run_cli = "import sys\nfrom flower_ctx.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass"
+        run_cli = (
+            "import sys\nfrom flower_ctx.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass"
+        )
         help_us = statistics.median(importtime_us(run_cli, "--help") for _ in range(5))
         check_us = statistics.median(
             importtime_us(run_cli, "context", "check", "--role", "superlink", "--context", str(ctx)) for _ in range(5)

@@ -19,8 +19,9 @@ HEAVY = ("grpc", "cryptography", "pyroute2", "requests", "flwr")
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "flower_ctx", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "flower_ctx", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
 
 
 def write_ctx(tmp_path: Path, values: dict[str, str]) -> Path:
@@ -53,8 +54,15 @@ def test_help_and_check_do_not_import_heavy_modules(tmp_path: Path, argv: list[s
 
 
 def test_check_prints_effective_values_and_sources(tmp_path: Path) -> None:
-    ctx = write_ctx(tmp_path, {"FL_LOG_LEVEL": "DEBUG", "ONEAPP_FL_ISOLATION": "process", "FL_TLS_ENABLED": "",
-                               "FL_WG_PRIVATE_KEY": "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="})
+    ctx = write_ctx(
+        tmp_path,
+        {
+            "FL_LOG_LEVEL": "DEBUG",
+            "ONEAPP_FL_ISOLATION": "process",
+            "FL_TLS_ENABLED": "",
+            "FL_WG_PRIVATE_KEY": "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=",
+        },
+    )
     out = run("context", "check", "--role", "superlink", "--context", str(ctx))
     assert out.returncode == 0, out.stderr
     rows = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()[1:] if line.strip()}
@@ -111,8 +119,18 @@ def test_missing_context_exits_2(tmp_path: Path) -> None:
 def test_env_override_only_with_flag(tmp_path: Path) -> None:
     ctx = write_ctx(tmp_path, {"FL_LOG_LEVEL": "INFO"})
     env = {"PATH": "/usr/bin:/bin", "FL_LOG_LEVEL": "ERROR"}
-    base = [sys.executable, "-m", "flower_ctx", "context", "check", "--role", "superlink", "--context", str(ctx),
-            "--json"]
+    base = [
+        sys.executable,
+        "-m",
+        "flower_ctx",
+        "context",
+        "check",
+        "--role",
+        "superlink",
+        "--context",
+        str(ctx),
+        "--json",
+    ]
     plain = json.loads(subprocess.run(base, capture_output=True, text=True, env=env, timeout=60).stdout)
     assert plain["variables"]["FL_LOG_LEVEL"]["value"] == "INFO"
     over = json.loads(subprocess.run([*base, "--env"], capture_output=True, text=True, env=env, timeout=60).stdout)
@@ -121,7 +139,9 @@ def test_env_override_only_with_flag(tmp_path: Path) -> None:
 
 def test_generated_reference_is_committed_and_fresh() -> None:
     committed = (REPO / "docs" / "context-variables.md").read_text()
-    assert committed == markdown(), "docs/context-variables.md is stale: run `flower-ctx context reference > docs/context-variables.md`"
+    assert committed == markdown(), (
+        "docs/context-variables.md is stale: run `flower-ctx context reference > docs/context-variables.md`"
+    )
     out = run("context", "reference", "--format", "markdown")
     assert out.stdout == committed
 

@@ -97,15 +97,26 @@ BAD = [
     ("FL_WG_PEERS", "%%%", "not valid base64"),
     ("FL_WG_PEERS", b64(b"\xff\xfe"), "not UTF-8"),
     ("FL_WG_PEERS", b64("[Interface]\nPrivateKey = x\n"), "only [Peer] sections"),
-    ("FL_WG_PEERS", b64("[Peer]\nPublicKey = " + PUB1 + "\nAllowedIPs = 10.0.0.0/24\nFoo = bar\n"), "unknown key 'Foo'"),
+    (
+        "FL_WG_PEERS",
+        b64("[Peer]\nPublicKey = " + PUB1 + "\nAllowedIPs = 10.0.0.0/24\nFoo = bar\n"),
+        "unknown key 'Foo'",
+    ),
     ("FL_WG_PEERS", b64("[Peer]\nAllowedIPs = 10.0.0.0/24\n"), "section 1: PublicKey is missing"),
     ("FL_WG_PEERS", b64("[Peer]\nPublicKey = " + PUB1 + "\n"), "section 1: AllowedIPs is missing"),
-    ("FL_WG_PEERS", b64(f"[Peer]\nPublicKey={PUB1}\nAllowedIPs=10.0.0.0/24\n[Peer]\nPublicKey=abc\nAllowedIPs=10.1.0.0/24\n"),
-     "section 2: PublicKey"),
+    (
+        "FL_WG_PEERS",
+        b64(f"[Peer]\nPublicKey={PUB1}\nAllowedIPs=10.0.0.0/24\n[Peer]\nPublicKey=abc\nAllowedIPs=10.1.0.0/24\n"),
+        "section 2: PublicKey",
+    ),
 ]
 LINK_ONLY = {"FL_CERT_EXTRA_SAN", "FL_DATABASE"}
-WG_BASE = {"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": "10.10.9.1/24", "FL_WG_PEER_PUBLIC_KEY": PUB2,
-           "FL_WG_PEER_ALLOWED_IPS": "10.10.9.0/32"}
+WG_BASE = {
+    "FL_WG_ENABLED": "YES",
+    "FL_WG_ADDRESS": "10.10.9.1/24",
+    "FL_WG_PEER_PUBLIC_KEY": PUB2,
+    "FL_WG_PEER_ALLOWED_IPS": "10.10.9.0/32",
+}
 
 
 @pytest.mark.parametrize(("name", "value", "fragment"), BAD, ids=[f"{n}={v[:20]!r}" for n, v, _ in BAD])
@@ -169,9 +180,11 @@ def test_superlink_address_rejects(value: str) -> None:
 
 
 def test_node_config_pairs_and_injection() -> None:
-    cfg = load_config("supernode", {"FL_NODE_CONFIG": 'partition-id=0 num-partitions=2  name="site b"'.replace(" b", "_b")})
+    cfg = load_config(
+        "supernode", {"FL_NODE_CONFIG": 'partition-id=0 num-partitions=2  name="site b"'.replace(" b", "_b")}
+    )
     assert cfg.node_config == (("partition-id", "0"), ("num-partitions", "2"), ("name", '"site_b"'))
-    for bad in ["a", "=1", "a=1 a=2", 'a="x"y"', "a=1\nb=2", "a=$(id)", "a='x'", "a=`id`", 'a="x\\"'] :
+    for bad in ["a", "=1", "a=1 a=2", 'a="x"y"', "a=1\nb=2", "a=$(id)", "a='x'", "a=`id`", 'a="x\\"']:
         assert "FL_NODE_CONFIG" in problems("supernode", {"FL_NODE_CONFIG": bad}), bad
 
 
@@ -182,10 +195,20 @@ def test_role_specific_variables_are_ignored_with_a_warning() -> None:
 
 
 def test_nic_addresses_collected_in_natural_order() -> None:
-    cfg = load_config("superlink", {"ETH10_IP": "10.0.0.10", "ETH2_IP": "10.0.0.2", "ETH2_IP6": "2001:db8::2",
-                                    "ETH0_IP": "", "ETH0_ALIAS0_IP": "10.9.9.9"})
+    cfg = load_config(
+        "superlink",
+        {
+            "ETH10_IP": "10.0.0.10",
+            "ETH2_IP": "10.0.0.2",
+            "ETH2_IP6": "2001:db8::2",
+            "ETH0_IP": "",
+            "ETH0_ALIAS0_IP": "10.9.9.9",
+        },
+    )
     assert [(n.index, str(n.ip), str(n.ip6) if n.ip6 else None) for n in cfg.nics] == [
-        (2, "10.0.0.2", "2001:db8::2"), (10, "10.0.0.10", None)]
+        (2, "10.0.0.2", "2001:db8::2"),
+        (10, "10.0.0.10", None),
+    ]
     assert "ETH1_IP6" in problems("superlink", {"ETH1_IP6": "10.0.0.1"})
 
 
@@ -200,10 +223,14 @@ def test_onegate_values_checked() -> None:
 
 
 def test_wireguard_single_peer_and_sections_combined() -> None:
-    peers = b64(f"# hub\n[Peer]\nPublicKey = {PUB1}\nEndpoint = hub.example.org:51820\n"
-                f"AllowedIPs = 10.10.9.0/24, fd00:9::/64\nAllowedIPs = 10.20.0.0/16\nPersistentKeepalive = 15\n")
-    cfg = load_config("supernode", {"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": "10.10.9.2/24", "FL_WG_PEERS": peers,
-                                    "FL_TLS_ENABLED": "NO"})
+    peers = b64(
+        f"# hub\n[Peer]\nPublicKey = {PUB1}\nEndpoint = hub.example.org:51820\n"
+        f"AllowedIPs = 10.10.9.0/24, fd00:9::/64\nAllowedIPs = 10.20.0.0/16\nPersistentKeepalive = 15\n"
+    )
+    cfg = load_config(
+        "supernode",
+        {"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": "10.10.9.2/24", "FL_WG_PEERS": peers, "FL_TLS_ENABLED": "NO"},
+    )
     assert cfg.wg is not None and len(cfg.wg.peers) == 1
     p = cfg.wg.peers[0]
     assert (p.public_key, str(p.endpoint), p.persistent_keepalive) == (PUB1, "hub.example.org:51820", 15)
@@ -215,15 +242,24 @@ def test_wireguard_single_peer_and_sections_combined() -> None:
 @pytest.mark.parametrize(
     ("values", "name", "fragment"),
     [
-        ({"FL_WG_ENABLED": "YES", "FL_WG_PEER_PUBLIC_KEY": PUB1, "FL_WG_PEER_ALLOWED_IPS": "10.0.0.0/24"},
-         "FL_WG_ADDRESS", "required when FL_WG_ENABLED=YES"),
+        (
+            {"FL_WG_ENABLED": "YES", "FL_WG_PEER_PUBLIC_KEY": PUB1, "FL_WG_PEER_ALLOWED_IPS": "10.0.0.0/24"},
+            "FL_WG_ADDRESS",
+            "required when FL_WG_ENABLED=YES",
+        ),
         ({"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": "10.0.0.2/24"}, "FL_WG_PEERS", "at least one peer"),
         ({**WG_BASE, "FL_WG_PEER_PUBLIC_KEY": ""}, "FL_WG_PEER_PUBLIC_KEY", "required when FL_WG_PEER_ALLOWED_IPS"),
         ({**WG_BASE, "FL_WG_PEER_ALLOWED_IPS": ""}, "FL_WG_PEER_ALLOWED_IPS", "required with FL_WG_PEER_PUBLIC_KEY"),
-        ({**WG_BASE, "FL_WG_PEERS": b64(f"[Peer]\nPublicKey={PUB2}\nAllowedIPs=10.1.0.0/24\n")},
-         "FL_WG_PEERS", "same PublicKey"),
-        ({**WG_BASE, "FL_WG_PEERS": b64(f"[Peer]\nPublicKey={PUB1}\nAllowedIPs=10.10.0.0/16\n")},
-         "FL_WG_PEERS", "overlaps"),
+        (
+            {**WG_BASE, "FL_WG_PEERS": b64(f"[Peer]\nPublicKey={PUB2}\nAllowedIPs=10.1.0.0/24\n")},
+            "FL_WG_PEERS",
+            "same PublicKey",
+        ),
+        (
+            {**WG_BASE, "FL_WG_PEERS": b64(f"[Peer]\nPublicKey={PUB1}\nAllowedIPs=10.10.0.0/16\n")},
+            "FL_WG_PEERS",
+            "overlaps",
+        ),
     ],
 )
 def test_wireguard_cross_field_rules(values: dict[str, str], name: str, fragment: str) -> None:
@@ -254,9 +290,14 @@ def test_secrets_never_in_messages() -> None:
         load_config("supernode", {"FL_WG_PRIVATE_KEY": key, **{k: v for k, v in WG_BASE.items()}})
     assert key not in str(info.value)
     psk = b64(b"p" * 32)
-    cfg, table = resolve("supernode", {**WG_BASE, "FL_WG_PRIVATE_KEY": b64(b"k" * 32),
-                                       "FL_WG_PEERS": b64(f"[Peer]\nPublicKey={PUB1}\nAllowedIPs=10.3.0.0/24\n"
-                                                          f"PresharedKey={psk}\n")})
+    cfg, table = resolve(
+        "supernode",
+        {
+            **WG_BASE,
+            "FL_WG_PRIVATE_KEY": b64(b"k" * 32),
+            "FL_WG_PEERS": b64(f"[Peer]\nPublicKey={PUB1}\nAllowedIPs=10.3.0.0/24\nPresharedKey={psk}\n"),
+        },
+    )
     text = repr(cfg) + repr(table)
     assert psk not in text and b64(b"k" * 32) not in text
 
@@ -288,14 +329,20 @@ def test_operator_pki_mismatches_name_the_variable(pki) -> None:  # type: ignore
     root, inter, server, other = pki
     chain = server.cert_pem + inter.cert_pem
     assert "does not match" in problems("superlink", _pki_values(root.cert_pem, chain, other.key_pem))["FL_SSL_KEYFILE"]
-    assert "does not chain" in problems("superlink", _pki_values(other.cert_pem, chain, server.key_pem))[
-        "FL_SSL_CERTFILE"]
-    assert "does not chain" in problems("superlink", _pki_values(root.cert_pem, server.cert_pem, server.key_pem))[
-        "FL_SSL_CERTFILE"]  # the intermediate is missing
-    expired = build_server(root, ["IP:10.0.0.5"], not_before=NOW - datetime.timedelta(days=30),
-                           not_after=NOW - datetime.timedelta(days=1))
-    assert "expired" in problems("superlink", _pki_values(root.cert_pem, expired.cert_pem, expired.key_pem))[
-        "FL_SSL_CERTFILE"]
+    assert (
+        "does not chain" in problems("superlink", _pki_values(other.cert_pem, chain, server.key_pem))["FL_SSL_CERTFILE"]
+    )
+    assert (
+        "does not chain"
+        in problems("superlink", _pki_values(root.cert_pem, server.cert_pem, server.key_pem))["FL_SSL_CERTFILE"]
+    )  # the intermediate is missing
+    expired = build_server(
+        root, ["IP:10.0.0.5"], not_before=NOW - datetime.timedelta(days=30), not_after=NOW - datetime.timedelta(days=1)
+    )
+    assert (
+        "expired"
+        in problems("superlink", _pki_values(root.cert_pem, expired.cert_pem, expired.key_pem))["FL_SSL_CERTFILE"]
+    )
     two = _pki_values(root.cert_pem, chain, server.key_pem)
     del two["FL_SSL_KEYFILE"]
     assert "operator PKI needs" in problems("superlink", two)["FL_SSL_KEYFILE"]
@@ -307,8 +354,10 @@ def test_operator_pki_mismatches_name_the_variable(pki) -> None:  # type: ignore
 def test_supernode_ca_must_be_a_ca(pki) -> None:  # type: ignore[no-untyped-def]
     root, _, server, _ = pki
     base = {"FL_SUPERLINK_ADDRESS": "10.0.0.5:9092"}
-    assert "not a CA certificate" in problems("supernode", {**base, "FL_SSL_CA_CERTFILE": b64(server.cert_pem)})[
-        "FL_SSL_CA_CERTFILE"]
+    assert (
+        "not a CA certificate"
+        in problems("supernode", {**base, "FL_SSL_CA_CERTFILE": b64(server.cert_pem)})["FL_SSL_CA_CERTFILE"]
+    )
     cfg = load_config("supernode", {**base, "FL_SSL_CA_CERTFILE": b64(root.cert_pem)})
     assert cfg.pki.ca_pem == root.cert_pem
 
@@ -316,8 +365,10 @@ def test_supernode_ca_must_be_a_ca(pki) -> None:  # type: ignore[no-untyped-def]
 def test_supernode_static_address_with_tls_needs_ca_unless_onegate() -> None:
     found = problems("supernode", {"FL_SUPERLINK_ADDRESS": "203.0.113.5:9092"})
     assert "flower-ctx ca export" in found["FL_SSL_CA_CERTFILE"]
-    cfg = load_config("supernode", {"FL_SUPERLINK_ADDRESS": "203.0.113.5:9092",
-                                    "ONEGATE_ENDPOINT": "http://169.254.16.9:5030", "VMID": "3"})
+    cfg = load_config(
+        "supernode",
+        {"FL_SUPERLINK_ADDRESS": "203.0.113.5:9092", "ONEGATE_ENDPOINT": "http://169.254.16.9:5030", "VMID": "3"},
+    )
     assert any("FL_SSL_CA_CERTFILE" in w for w in cfg.warnings)
     assert load_config("supernode", {"FL_SUPERLINK_ADDRESS": "203.0.113.5:9092", "FL_TLS_ENABLED": "NO"})
 
@@ -326,13 +377,46 @@ def test_supernode_static_address_with_tls_needs_ca_unless_onegate() -> None:
 
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
 interesting = st.sampled_from(
-    ["", "YES", "NO", "yes", "0", "10", "60", "7200", "65535", "-1", "1.39.0", "1.40.0", "10.10.9.1/24",
-     "10.0.0.0/8", "::1", "[::1]:9092", "h:1", "IP:1.2.3.4", "DNS:x", PUB1, b64("[Peer]\n"), b64("-----BEGIN x"),
-     "a=1 b=2", "state/x.db", "\n", "'", '"', "\\", "$(id)"]
+    [
+        "",
+        "YES",
+        "NO",
+        "yes",
+        "0",
+        "10",
+        "60",
+        "7200",
+        "65535",
+        "-1",
+        "1.39.0",
+        "1.40.0",
+        "10.10.9.1/24",
+        "10.0.0.0/8",
+        "::1",
+        "[::1]:9092",
+        "h:1",
+        "IP:1.2.3.4",
+        "DNS:x",
+        PUB1,
+        b64("[Peer]\n"),
+        b64("-----BEGIN x"),
+        "a=1 b=2",
+        "state/x.db",
+        "\n",
+        "'",
+        '"',
+        "\\",
+        "$(id)",
+    ]
 )
 context_dicts = st.dictionaries(
-    st.sampled_from(sorted({v.name for v in REGISTRY} | {v.alias for v in REGISTRY} | {"ETH0_IP", "ETH1_IP6", "VMID",
-                                                                                      "ONEGATE_ENDPOINT"})),
+    st.sampled_from(
+        sorted(
+            {v.name for v in REGISTRY}
+            | {v.alias for v in REGISTRY}
+            | {"ETH0_IP", "ETH1_IP6", "VMID", "ONEGATE_ENDPOINT"}
+        )
+    ),
     st.one_of(interesting, any_text),
     max_size=14,
 )
@@ -350,7 +434,7 @@ def test_validator_raises_only_its_own_error(role: str, values: dict[str, str]) 
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(min_value=-10**6, max_value=10**6), st.integers(min_value=-10**4, max_value=10**4))
+@given(st.integers(min_value=-(10**6), max_value=10**6), st.integers(min_value=-(10**4), max_value=10**4))
 def test_keepalive_bounds_property(t: int, to: int) -> None:
     values = {"FL_GRPC_KEEPALIVE_TIME": str(t), "FL_GRPC_KEEPALIVE_TIMEOUT": str(to)}
     ok = 10 <= t <= 7200 and 1 <= to <= 600 and to < t

@@ -1,0 +1,210 @@
+"""``flower-ctx run superlink|supernode``: Flower's own entry point, in this process, with keepalive.
+
+Reads the runtime configuration written by configure, builds Flower 1.39's argv (secrets only by
+file path), installs the gRPC keepalive patch, puts the virtualenv's ``bin/`` first on PATH (Flower
+starts ``flower-superexec`` by name) and calls Flower's console-script function. systemd runs this
+as the unprivileged user ``flower``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import EXIT_BAD_INPUT, FlowerCtxError
+from ..paths import Paths
+
+log = logging.getLogger("flower_ctx.run")
+
+ENTRY_POINTS = {"superlink": "flower-superlink", "supernode": "flower-supernode"}
+# Flower 1.40+ serves Fleet, Control and Runtime on one HTTP port (DESIGN section 6).
+FIRST_UNSUPPORTED = (1, 40)
+
+
+class RunError(FlowerCtxError):
+    """Flower cannot be started as configured (the message says why and what to do)."""
+
+
+class RunConfigError(RunError):
+    exit_code = EXIT_BAD_INPUT
+
+
+def load_runtime_config(paths: Paths, role: str) -> dict[str, Any]:
+    path = paths.runtime_config(role)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path} not found: run `flower-ctx configure` first")
+    except PermissionError:
+        raise RunError(f"{path}: permission denied (it is 0640 root:flower; run as root or flower)")
+    except (OSError, ValueError) as exc:
+        raise RunConfigError(f"{path}: not a valid runtime configuration ({exc})")
+    if not isinstance(doc, dict) or doc.get("schema") != 1:
+        raise RunConfigError(f"{path}: unsupported schema {doc.get('schema') if isinstance(doc, dict) else '?'}"
+                             " (expected 1; re-run `flower-ctx configure`)")
+    if doc.get("role") != role:
+        raise RunConfigError(f"{path}: written for role {doc.get('role')!r}, not {role!r}")
+    return doc
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """Leading numeric release components: "1.39.0" -> (1, 39, 0), "1.40.0rc1" -> (1, 40, 0)."""
+    import re
+
+    match = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
+    if match is None:
+        return ()
+    return tuple(int(g) for g in match.groups() if g is not None)
+
+
+def installed_flower_version() -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version("flwr")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def check_flower_version(installed: str | None) -> str:
+    """The installed flwr version, or RunError when it is missing or 1.40 and later."""
+    if installed is None:
+        raise RunError("Flower (flwr) is not installed in this virtualenv: pip install 'flower-ctx[flower]'")
+    if parse_version(installed)[:2] >= FIRST_UNSUPPORTED:
+        raise RunError(
+            f"installed Flower {installed} is not supported: Flower 1.40 and later serve Fleet, Control and "
+            "Runtime APIs on one HTTP port, which would expose the Control API (it runs submitted code) to "
+            "every SuperNode network, and their Fleet link is not gRPC so keepalive cannot apply. "
+            "Install flwr==1.39.0 (FLOWER_VERSION below 1.40)."
+        )
+    return installed
+
+
+def _tls_args(doc: dict[str, Any], role: str) -> list[str]:
+    tls = doc.get("tls") or {}
+    if not tls.get("enabled"):
+        return ["--insecure"]
+    if role == "superlink":
+        return ["--ssl-ca-certfile", tls["ca_certfile"], "--ssl-certfile", tls["certfile"],
+                "--ssl-keyfile", tls["keyfile"]]
+    return ["--root-certificates", tls["ca_certfile"]]
+
+
+def flower_argv(doc: dict[str, Any]) -> list[str]:
+    """Flower 1.39's command line for the runtime configuration (argv[0] is the console script)."""
+    role = doc["role"]
+    http = doc.get("http_api") or {}
+    argv = [ENTRY_POINTS[role], *_tls_args(doc, role), "--isolation", doc["isolation"]]
+    if role == "superlink":
+        argv += ["--fleet-api-type", "grpc-rere", "--fleet-api-address", doc["fleet_api_address"],
+                 "--database", doc["database"]]
+    else:
+        if not doc.get("superlink_address"):
+            raise RunError("no SuperLink address yet: set FL_SUPERLINK_ADDRESS, or wait until OneGate "
+                           "discovery finds the SuperLink of this service and configure writes it")
+        argv += ["--grpc-rere", "--superlink", doc["superlink_address"]]
+        if doc.get("node_config"):
+            argv += ["--node-config", doc["node_config"]]
+        if doc.get("max_retries"):
+            argv += ["--max-retries", str(doc["max_retries"])]
+        if doc.get("max_wait_time"):
+            argv += ["--max-wait-time", str(doc["max_wait_time"])]
+    argv += ["--host", str(http.get("host", "127.0.0.1"))]
+    if http.get("port") is not None:
+        argv += ["--port", str(http["port"])]
+    if doc.get("health_server_address"):
+        argv += ["--health-server-address", doc["health_server_address"]]
+    return argv
+
+
+def check_files(doc: dict[str, Any]) -> None:
+    """Fail with the path named instead of Flower's traceback when TLS material or state is missing."""
+    tls = doc.get("tls") or {}
+    problems = [f"{key} {tls[key]}: missing or unreadable"
+                for key in ("ca_certfile", "certfile", "keyfile")
+                if tls.get("enabled") and tls.get(key) and not os.access(tls[key], os.R_OK)]
+    if doc["role"] == "superlink":
+        db_dir = Path(doc["database"]).parent
+        if not db_dir.is_dir():
+            problems.append(f"database directory {db_dir}: missing (run `flower-ctx configure`)")
+    if problems:
+        raise RunError("cannot start Flower: " + "; ".join(problems))
+
+
+def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:
+    """Flower's environment: venv bin/ first on PATH, log level, no telemetry or update check."""
+    env = os.environ if env is None else env  # type: ignore[assignment]
+    venv_bin = str(Path(sys.executable).parent)
+    rest = [p for p in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(os.pathsep) if p and p != venv_bin]
+    env["PATH"] = os.pathsep.join([venv_bin, *rest])
+    env["FLWR_LOG_LEVEL"] = doc.get("log_level", "INFO")
+    # An appliance does not phone home; both are read when flwr is imported.
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    return env  # type: ignore[return-value]
+
+
+def load_entry_point(name: str) -> Any:
+    from importlib import metadata
+
+    found = metadata.entry_points(group="console_scripts", name=name)
+    for ep in found:
+        return ep.load()
+    raise RunError(f"Flower's console script {name!r} is not installed")
+
+
+def install_keepalive(doc: dict[str, Any]) -> str:
+    from .. import grpc_patch, keepalive
+
+    ka = doc["keepalive"]
+    t, timeout = int(ka["time_s"]), int(ka["timeout_s"])
+    layer = grpc_patch.install(keepalive.client_options(t, timeout), keepalive.server_options(t, timeout))
+    log.info("gRPC keepalive %ss/%ss installed on the %s layer (self-test passed)", t, timeout, layer)
+    return layer
+
+
+def _quiet_foreign_logs(level: str) -> None:
+    """Flower logs through its own handler: stop its records reaching ours too (each line twice),
+    and keep libraries that log through the root logger (alembic) at the configured level."""
+    logging.getLogger("flower_ctx").setLevel(level)
+    logging.getLogger("flwr").propagate = False
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def run_role(role: str, paths: Paths) -> Any:
+    doc = load_runtime_config(paths, role)
+    installed = check_flower_version(installed_flower_version())
+    if doc.get("flower_version") and doc["flower_version"] != installed:
+        log.warning("FLOWER_VERSION is %s but Flower %s is installed: running %s",
+                    doc["flower_version"], installed, installed)
+    argv = flower_argv(doc)
+    check_files(doc)
+    _quiet_foreign_logs(doc.get("log_level", "INFO"))
+    prepare_environment(doc)
+    install_keepalive(doc)
+    entry = load_entry_point(argv[0])
+    log.info("starting %s", " ".join(argv))  # paths only: no secret is ever on this command line
+    sys.argv = argv
+    return entry()
+
+
+@click.command(name="run")
+@click.argument("role", type=click.Choice(sorted(ENTRY_POINTS)))
+@click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Read the runtime configuration from this staging tree (written by configure --root).")
+def command(role: str, root: Path | None) -> None:
+    """Run the Flower ROLE (superlink or supernode) in this process with the agent's gRPC keepalive.
+
+    Reads /opt/flower/config/ROLE.json written by `flower-ctx configure`.
+    """
+    result = run_role(role, Paths(root.resolve()) if root is not None else Paths())
+    if isinstance(result, int) and result:
+        sys.exit(result)
