@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from ..config import Effective, resolve
 from ..context import ContextSource, load
+from ..files import ensure_dir
 from ..model import Config
 from ..paths import Paths
 from ..variables import all_names
-
-F = TypeVar("F")
 
 ROLES = ("superlink", "supernode")
 
@@ -58,3 +61,19 @@ def load_validated(
 def echo_warnings(warnings: Any) -> None:
     for w in dict.fromkeys(warnings):  # de-duplicated, in order
         click.echo(f"warning: {w}", err=True)
+
+
+@contextlib.contextmanager
+def machine_lock(paths: Paths) -> Iterator[None]:
+    """One writer at a time per machine (boot hook vs an operator at the console, configure vs bootstrap)."""
+    ensure_dir(paths.agent_dir, 0o700)
+    fd = os.open(paths.agent_dir / "configure.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            click.echo("waiting for another flower-ctx configure to finish...", err=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

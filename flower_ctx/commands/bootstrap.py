@@ -18,7 +18,16 @@ from ..health import Health, check, runtime_doc, superlink_dial_address
 from ..model import Config, HostPort, Role
 from ..paths import Paths
 from ..supervisor import child_environment, for_machine
-from ._common import context_option, echo_warnings, env_option, load_validated, paths_for, role_option, root_option
+from ._common import (
+    context_option,
+    echo_warnings,
+    env_option,
+    load_validated,
+    machine_lock,
+    paths_for,
+    role_option,
+    root_option,
+)
 
 log = logging.getLogger("flower_ctx.bootstrap")
 WATCH_MAX_S = 24 * 3600
@@ -204,7 +213,8 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
     sup = for_machine(paths)
     if config.role is Role.SUPERNODE and config.superlink_address is None:
         try:
-            _discover(config, paths, client, wait)
+            with machine_lock(paths):
+                _discover(config, paths, client, wait)
         except FlowerCtxError as exc:
             say(f"failed: {exc}")
             say(publish(config, paths, client, Health(False, str(exc))))

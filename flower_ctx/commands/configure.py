@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -16,7 +13,16 @@ from ..files import ensure_dir
 from ..model import Config
 from ..paths import Paths
 from ..plan import StepResult
-from ._common import context_option, echo_warnings, env_option, load_validated, paths_for, role_option, root_option
+from ._common import (
+    context_option,
+    echo_warnings,
+    env_option,
+    load_validated,
+    machine_lock,
+    paths_for,
+    role_option,
+    root_option,
+)
 
 Step = Callable[..., StepResult]
 
@@ -37,22 +43,6 @@ def _steps() -> list[tuple[str, Step]]:
         return runtime.apply(config, paths, dry_run=dry_run, superlink_address=found)
 
     return [("tls", tls.apply), ("wireguard", wireguard.apply), ("runtime", runtime_step)]
-
-
-@contextlib.contextmanager
-def _configure_lock(paths: Paths) -> Iterator[None]:
-    """One configure at a time per machine (boot hook vs an operator at the console)."""
-    ensure_dir(paths.agent_dir, 0o700)
-    fd = os.open(paths.agent_dir / "configure.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            click.echo("waiting for another flower-ctx configure to finish...", err=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def run_steps(config: Config, paths: Paths, *, dry_run: bool) -> list[StepResult]:
@@ -109,7 +99,7 @@ def command(
     else:
         if paths.staged:
             ensure_dir(paths.root, 0o755)
-        with _configure_lock(paths):
+        with machine_lock(paths):
             results = run_steps(config, paths, dry_run=False)
     warnings = list(config.warnings) + [w for r in results for w in r.warnings]
     pending = any(c.pending for r in results for c in r.changes)
