@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     missing=()
     for pair in wireguard-go:wireguard-go wg:wireguard-tools ip:iproute2 nft:nftables nsenter:util-linux \
-                unshare:util-linux; do
+                unshare:util-linux debootstrap:debootstrap shellcheck:shellcheck systemd-analyze:systemd; do
         command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
     done
     if [ ${#missing[@]} -gt 0 ]; then

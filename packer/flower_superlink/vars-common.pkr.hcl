@@ -1,0 +1,1 @@
+../vars-common.pkr.hcl
