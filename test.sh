@@ -12,7 +12,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     done
     if [ ${#missing[@]} -gt 0 ]; then
         echo "installing system packages: ${missing[*]}"
-        apt-get update -qq
+        # A failed refresh (no network to the mirror, a temp dir apt cannot use) still leaves the cached lists.
+        apt-get update -qq || echo "apt-get update failed; installing from the cached package lists"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
 fi
