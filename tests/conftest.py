@@ -10,6 +10,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,13 @@ def stage(tmp_path: Path) -> Path:
     root = tmp_path / "stage"
     root.mkdir()
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_onegate_token_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Every test: no OneGate token any test double issued may appear in captured log records."""
+    yield
+    from tests.onegate_server import ISSUED_TOKENS
+
+    text = caplog.text
+    assert not any(t in text for t in ISSUED_TOKENS), "a OneGate token appears in the logs"

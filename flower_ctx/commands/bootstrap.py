@@ -69,7 +69,8 @@ def _discover(config: Config, paths: Paths, client: Any, wait: float) -> HostPor
             "TOKEN=YES, and discovery works only inside one OneFlow service): set FL_SUPERLINK_ADDRESS"
         )
     say("discovering the SuperLink through OneGate")
-    found = discover_superlink(client, deadline_s=wait)
+    # 1..5 s backoff: about half the delay of a fixed 10 s poll, one request every few seconds at most.
+    found = discover_superlink(client, deadline_s=wait, max_backoff=5.0)
     if config.tls_enabled and not found.tls:
         raise FlowerCtxError(
             f"the SuperLink at {found.endpoint} publishes FL_TLS=NO but this SuperNode has FL_TLS_ENABLED=YES: "

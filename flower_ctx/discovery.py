@@ -1,0 +1,214 @@
+"""SuperLink discovery through OneGate, for a SuperNode in the same OneFlow service (DESIGN section 8).
+
+``GET /service`` gives the ``superlink`` role's node ids (``deploy_id`` / ``vm_info.VM.ID``; the
+non-extended answer has no USER_TEMPLATE), then ``GET /vms/<id>`` gives ``FL_ENDPOINT``, ``FL_TLS``,
+``FL_CA_CERT``. Polls with exponential backoff (jittered downwards, so a publication is seen within
+one step) until found or the deadline passes. Once the node ids are known, a poll is one request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import FlowerCtxError, OneGateError
+from .model import HostPort
+from .onegate import (
+    OneGateAuthError,
+    OneGateClient,
+    OneGateForbidden,
+    OneGateNotConfigured,
+    OneGateNotFound,
+    OneGateNotInService,
+    OneGateValueError,
+    decode_value,
+)
+
+SUPERLINK_ROLE = "superlink"
+FLEET_PORT = 9092
+FINAL_POLL_S = 0.5  # discover_superlink returns or raises within deadline_s + this
+
+
+class DiscoveryError(FlowerCtxError):
+    """The SuperLink could not be discovered; the message names what was missing."""
+
+
+@dataclass(frozen=True)
+class Discovered:
+    endpoint: HostPort
+    tls: bool
+    ca_pem: bytes | None
+    ca_fingerprint: str | None
+    vm_id: str = ""  # the SuperLink VM it came from (for reports)
+
+
+class _NotYet(Exception):
+    """This poll did not find a usable SuperLink; the message says what is missing."""
+
+
+def parse_endpoint(text: str, default_port: int = FLEET_PORT) -> HostPort:
+    """``host:port``, ``[v6]:port`` or the unbracketed ``v6:port`` flower-ctx publishes."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not host:port")
+        port_text = rest[1:] if rest else str(default_port)
+    elif text.count(":") == 0:
+        host, port_text = text, str(default_port)
+    else:
+        host, _, port_text = text.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    if ":" in host:
+        ipaddress.IPv6Address(host)  # raises ValueError when it is not an address
+    return HostPort(host, int(port_text))
+
+
+def discover_superlink(
+    client: OneGateClient,
+    *,
+    deadline_s: float,
+    initial_backoff: float = 1.0,
+    max_backoff: float = 15.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> Discovered:
+    """Poll OneGate until the SuperLink of this VM's service has published, or ``deadline_s`` passes."""
+    end = clock() + deadline_s
+    backoff = initial_backoff
+    state = _State()
+    while True:
+        try:
+            return _poll(client, state, remaining=end - clock())
+        except _NotYet as exc:
+            reason = str(exc)
+        remaining = end - clock()
+        if remaining <= 0:
+            raise DiscoveryError(
+                f"no SuperLink found through OneGate within {deadline_s:g} s: {reason}. "
+                "Check the SuperLink VM, or set FL_SUPERLINK_ADDRESS"
+            )
+        # Jitter downwards only: SuperNodes of one service spread out, and a publication is still
+        # seen within one backoff step.
+        sleep(min(backoff * random.uniform(0.8, 1.0), remaining))
+        backoff = min(backoff * 2, max_backoff)
+
+
+@dataclass
+class _State:
+    node_ids: list[str] | None = None  # the superlink role's VM ids, once known
+    polls: int = 0
+
+
+def _poll(client: OneGateClient, state: _State, remaining: float) -> Discovered:
+    state.polls += 1
+    # Each call gets what is left of the deadline (at least FINAL_POLL_S, so the poll made right at
+    # the deadline is a real one); the client's own deadline still applies when smaller.
+    budget = max(remaining, FINAL_POLL_S)
+    call_budget = {"deadline": min(budget, client.deadline) if client.deadline else budget}
+    try:
+        if not state.node_ids:
+            state.node_ids = _superlink_ids(client.get_service(**call_budget))
+        reasons = []
+        for vm_id in state.node_ids:
+            try:
+                doc = client.get_vm_by_id(vm_id, **call_budget)
+            except (OneGateNotInService, OneGateNotFound):
+                # The node left the service (replaced, scaled down): look the role up again.
+                state.node_ids = None
+                raise _NotYet(f"SuperLink VM {vm_id} is no longer in the service") from None
+            try:
+                return _evaluate(vm_id, doc)
+            except _NotYet as exc:
+                reasons.append(str(exc))
+        raise _NotYet("; ".join(reasons))
+    except (OneGateAuthError, OneGateForbidden, OneGateNotConfigured) as exc:
+        raise DiscoveryError(f"SuperLink discovery through OneGate is impossible: {exc}") from None
+    except OneGateNotInService as exc:
+        msg = exc.server_message
+        if "SERVICE_ID" in msg or "does not belong" in msg:
+            raise DiscoveryError(
+                "this VM is not part of a OneFlow service, so OneGate cannot find its SuperLink: "
+                "set FL_SUPERLINK_ADDRESS (and FL_SSL_CA_CERTFILE with TLS)"
+            ) from None
+        state.node_ids = None
+        raise _NotYet(f"OneGate: {msg or 'not in the service yet'}") from None
+    except OneGateError as exc:  # unreachable, 5xx, 404 from OneFlow: transient
+        raise _NotYet(str(exc)) from None
+
+
+def _superlink_ids(doc: dict[str, Any]) -> list[str]:
+    service = doc.get("SERVICE") or {}
+    roles = [r for r in service.get("roles") or [] if str(r.get("name", "")).lower() == SUPERLINK_ROLE]
+    if not roles:
+        raise _NotYet(f"the service has no role named {SUPERLINK_ROLE!r}")
+    ids: list[str] = []
+    for role in roles:
+        for node in role.get("nodes") or []:
+            vm_id = node.get("deploy_id")
+            if vm_id is None:
+                vm_id = ((node.get("vm_info") or {}).get("VM") or {}).get("ID")
+            text = str(vm_id).strip() if vm_id is not None else ""
+            if text.isdigit() and text not in ids:
+                ids.append(text)
+    if not ids:
+        raise _NotYet(f"the {SUPERLINK_ROLE!r} role has no VM yet")
+    return ids
+
+
+def _evaluate(vm_id: str, doc: dict[str, Any]) -> Discovered:
+    """A Discovered from one SuperLink VM's OneGate view, or _NotYet naming what is missing."""
+    vm = doc.get("VM") or {}
+    ut = vm.get("USER_TEMPLATE") or {}
+    tls_text = str(ut.get("FL_TLS", "")).strip().upper()
+    if tls_text not in ("YES", "NO"):
+        what = "has not published FL_TLS yet" if not tls_text else f"published FL_TLS={tls_text!r}"
+        raise _NotYet(f"SuperLink VM {vm_id} {what}")
+    endpoint = _endpoint(vm_id, vm, ut)
+    if tls_text == "NO":
+        return Discovered(endpoint, False, None, None, vm_id)
+    ca_pem, fp = _ca(vm_id, ut)
+    return Discovered(endpoint, True, ca_pem, fp, vm_id)
+
+
+def _endpoint(vm_id: str, vm: dict[str, Any], ut: dict[str, Any]) -> HostPort:
+    published = ut.get("FL_ENDPOINT")
+    if isinstance(published, str) and published.strip():
+        try:
+            return parse_endpoint(published)
+        except ValueError:
+            raise _NotYet(f"SuperLink VM {vm_id} published FL_ENDPOINT={published!r}, which is not host:port") from None
+    nics = (vm.get("TEMPLATE") or {}).get("NIC") or []
+    if isinstance(nics, dict):  # tolerate the non-normalised shape
+        nics = [nics]
+    for nic in nics:
+        for key in ("IP", "IP6_GLOBAL", "IP6"):
+            ip = nic.get(key) if isinstance(nic, dict) else None
+            if ip:
+                return HostPort(str(ip), FLEET_PORT)
+    raise _NotYet(f"SuperLink VM {vm_id} has no FL_ENDPOINT and no NIC address")
+
+
+def _ca(vm_id: str, ut: dict[str, Any]) -> tuple[bytes, str]:
+    from .pem import PemError, fingerprint, load_certs
+
+    encoded = ut.get("FL_CA_CERT")
+    if not isinstance(encoded, str) or not encoded.strip():
+        raise _NotYet(f"SuperLink VM {vm_id} has TLS but has not published FL_CA_CERT yet")
+    try:
+        pem = decode_value(encoded)
+        cert = load_certs(pem)[0]
+    except (OneGateValueError, PemError) as exc:
+        raise _NotYet(f"SuperLink VM {vm_id} published an unusable FL_CA_CERT ({exc})") from None
+    actual = fingerprint(cert)
+    published = ut.get("FL_CA_FINGERPRINT")
+    if isinstance(published, str) and published.strip() and published.strip().lower() != actual:
+        raise _NotYet(
+            f"SuperLink VM {vm_id}: FL_CA_CERT has fingerprint {actual} but FL_CA_FINGERPRINT says {published.strip()}"
+        )
+    return pem, actual

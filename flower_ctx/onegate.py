@@ -1,0 +1,415 @@
+"""OneGate REST client: the calls flower-ctx needs, bounded in time, with the token kept secret.
+
+The wire format follows the official ``onegate`` CLI (research/opennebula-contracts.md sections 1 and
+8): ``X-ONEGATE-TOKEN``/``X-ONEGATE-VMID`` on every request, updates as a form-encoded
+``data=<"K=V\\nK=V">&type=1`` ``PUT /vm``, deletes as ``type=2`` with one name per request.
+
+``requests`` is imported lazily: this module is imported by configure/status at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import random
+import re
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from .errors import EXIT_BAD_INPUT, OneGateError
+from .model import OneGateAccess
+
+log = logging.getLogger(__name__)
+
+# Characters the server's naive quoting (escape_attr) cannot carry: it breaks the template parser.
+FORBIDDEN_VALUE_CHARS = frozenset(',"\\[]\n\r')
+# OpenNebula attribute names (the core upper-cases them).
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VMID_RE = re.compile(r"^[0-9]+$")
+# Longest server message we quote back in an error (they are one-liners; HTML junk is cut).
+_MAX_SERVER_TEXT = 200
+
+
+class OneGateNotConfigured(OneGateError):
+    """No endpoint, VMID or token: OneGate cannot be used on this VM."""
+
+
+class OneGateValueError(OneGateError):
+    """A value cannot be sent: the server would break on it. Nothing was sent."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class OneGateRefused(OneGateError):
+    """The server answered 4xx. ``status`` and ``server_message`` (its one-line text, token-free)
+    let callers tell a transient refusal from a permanent one."""
+
+    def __init__(self, message: str, status: int = 0, server_message: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.server_message = server_message
+
+
+class OneGateAuthError(OneGateRefused):
+    """401: token or VMID refused."""
+
+
+class OneGateNotInService(OneGateRefused):
+    """400: the VM is not in a OneFlow service, or the target VM is not in the caller's service."""
+
+
+class OneGateForbidden(OneGateRefused):
+    """403: a restricted attribute or an action the OneGate administrator disabled."""
+
+
+class OneGateNotFound(OneGateRefused):
+    """404: the VM or service does not exist (or the owner cannot see it)."""
+
+
+class OneGateUnavailable(OneGateError):
+    """Unreachable, timed out or answering 5xx after the bounded retries."""
+
+
+class OneGateProtocolError(OneGateError):
+    """An answer that does not follow the OneGate API (e.g. not JSON)."""
+
+
+def check_name(name: str) -> str:
+    """The attribute name, upper-cased as the core stores it; refuses names the template cannot hold."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise OneGateValueError(f"OneGate attribute name {name!r} is not valid (letters, digits, '_')")
+    return name.upper()
+
+
+def check_value(name: str, value: str) -> str:
+    """Refuse values the OneGate server's quoting breaks on (empty, , " \\ [ ] newline)."""
+    if not isinstance(value, str):
+        raise OneGateValueError(f"OneGate attribute {name}: value must be text, got {type(value).__name__}")
+    if value == "":
+        raise OneGateValueError(
+            f"OneGate attribute {name}: empty values are refused by OneGate; delete the attribute instead"
+        )
+    bad = sorted({c for c in value if c in FORBIDDEN_VALUE_CHARS})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        raise OneGateValueError(
+            f"OneGate attribute {name}: value contains {shown}, which OneGate cannot store; "
+            "send it base64-encoded (encode_value)"
+        )
+    return value
+
+
+def encode_value(data: bytes | str) -> str:
+    """Base64 (standard alphabet, one line) for values OneGate cannot carry as they are (PEM, lists)."""
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode("ascii")
+
+
+def decode_value(text: str) -> bytes:
+    """The inverse of :func:`encode_value`; whitespace is ignored, anything else invalid raises."""
+    compact = "".join(text.split())
+    try:
+        return base64.b64decode(compact, validate=True)
+    except (binascii.Error, ValueError):
+        raise OneGateValueError("value is not valid base64") from None
+
+
+def format_attrs(attrs: Mapping[str, str]) -> str:
+    """``K=V`` lines joined by newlines, each name and value checked first (all or nothing)."""
+    lines = []
+    for name, value in attrs.items():
+        key = check_name(name)
+        lines.append(f"{key}={check_value(key, value)}")
+    return "\n".join(lines)
+
+
+class OneGateClient:
+    """Calls to the OneGate server of this VM's zone.
+
+    Every call is bounded: each attempt by ``timeout`` (connect and each read), the whole call by
+    ``deadline`` seconds when given (else by ``retries``). Connection errors, timeouts and 5xx are
+    retried ``retries`` times with exponential backoff and jitter; 4xx are not retried.
+    """
+
+    def __init__(
+        self,
+        access: OneGateAccess,
+        *,
+        timeout: float = 5.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+        deadline: float | None = None,
+    ) -> None:
+        missing = [
+            what
+            for what, ok in (
+                ("ONEGATE_ENDPOINT", access.endpoint),
+                ("VMID", access.vmid),
+                ("token (one_env TOKENTXT or token.txt)", access.token),
+            )
+            if not ok
+        ]
+        if missing:
+            raise OneGateNotConfigured(
+                "OneGate is not available on this VM: missing " + ", ".join(missing) + " (set TOKEN=YES in CONTEXT)"
+            )
+        assert access.endpoint and access.vmid and access.token  # for the type checker
+        if not _VMID_RE.match(access.vmid.strip()):
+            raise OneGateNotConfigured(f"OneGate is not available: VMID {access.vmid!r} is not a number")
+        self.endpoint = access.endpoint.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", self.endpoint):
+            raise OneGateNotConfigured(
+                f"OneGate is not available: ONEGATE_ENDPOINT {self.endpoint!r} is not an http(s):// URL"
+            )
+        self.vmid = access.vmid.strip()
+        self._token = access.token.reveal().decode("utf-8", "replace").strip()
+        if not self._token:
+            raise OneGateNotConfigured("OneGate is not available on this VM: the token is empty")
+        self.timeout = timeout
+        self.retries = max(0, retries)
+        self.backoff = backoff
+        self.deadline = deadline
+        self.attempts = 0  # HTTP attempts made by this client (for reports and tests)
+        self._session: Any = None
+
+    def __repr__(self) -> str:
+        return f"OneGateClient(endpoint={self.endpoint!r}, vmid={self.vmid!r}, token=********)"
+
+    # -- public calls --------------------------------------------------------------------------
+
+    def get_vm(self, *, deadline: float | None = None) -> dict[str, Any]:
+        """``GET /vm``: this VM (``VM`` -> NAME, ID, STATE, LCM_STATE, USER_TEMPLATE, TEMPLATE)."""
+        return self._json("GET", "/vm", deadline=deadline)
+
+    def get_vm_by_id(self, vmid: int | str, *, deadline: float | None = None) -> dict[str, Any]:
+        """``GET /vms/<id>``: another VM of the same service."""
+        text = str(vmid).strip()
+        if not _VMID_RE.match(text):
+            raise OneGateValueError(f"VM id {vmid!r} is not a number")
+        return self._json("GET", f"/vms/{text}", deadline=deadline)
+
+    def get_service(self, extended: bool = False, *, deadline: float | None = None) -> dict[str, Any]:
+        """``GET /service``: this VM's OneFlow service. The server treats any non-empty
+        ``extended`` value as true, so the parameter is sent only when wanted."""
+        params = {"extended": "true"} if extended else None
+        return self._json("GET", "/service", params=params, deadline=deadline)
+
+    def update_vm(self, attrs: Mapping[str, str], *, deadline: float | None = None) -> None:
+        """Merge ``attrs`` into this VM's USER_TEMPLATE in one ``PUT /vm``. Empty mapping: no request."""
+        data = format_attrs(attrs)
+        if not data:
+            return
+        self._request("PUT", "/vm", form={"data": data, "type": "1"}, deadline=deadline)
+
+    def delete_vm_attr(self, name: str, *, deadline: float | None = None) -> bool:
+        """Delete one USER_TEMPLATE attribute. False when it did not exist (server: 500
+        ``attribute not found``), True when deleted."""
+        key = check_name(name)
+        try:
+            self._request("PUT", "/vm", form={"data": key, "type": "2"}, deadline=deadline, absent_ok=True)
+        except _AttributeAbsent:
+            return False
+        return True
+
+    def redact(self, text: str) -> str:
+        """``text`` with the token replaced (for messages built from foreign text)."""
+        return text.replace(self._token, "********") if self._token else text
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        body = self._request(method, path, **kw)
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            raise OneGateProtocolError(f"OneGate {method} {path} answered with something that is not JSON") from None
+        if not isinstance(doc, dict):
+            raise OneGateProtocolError(f"OneGate {method} {path} answered with JSON that is not an object")
+        return doc
+
+    def _session_get(self) -> Any:
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+        return self._session
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        deadline: float | None = None,
+        absent_ok: bool = False,
+    ) -> str:
+        import requests
+
+        budget = deadline if deadline is not None else self.deadline
+        end = time.monotonic() + budget if budget is not None else None
+        headers = {
+            "X-ONEGATE-TOKEN": self._token,
+            "X-ONEGATE-VMID": self.vmid,
+            "Accept": "application/json",
+        }
+        data = None
+        if form is not None:
+            # urlencode quotes '+', '%', '=', newlines...: the server gets the exact text back.
+            data = urlencode(form)
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        url = self.endpoint + path
+        what = f"OneGate {method} {path}"
+        last = "no time left for an attempt"
+        made = 0
+        for attempt in range(self.retries + 1):
+            timeout = self.timeout
+            if end is not None:
+                timeout = min(timeout, end - time.monotonic())
+                if timeout <= 0.01:
+                    break
+            self.attempts += 1
+            made += 1
+            try:
+                status, text = self._once(method, url, headers, params, data, timeout)
+            except requests.RequestException as exc:
+                last = _describe_exception(exc)
+                log.debug("%s attempt %d failed: %s", what, attempt + 1, last)
+            else:
+                log.debug("%s attempt %d: HTTP %d", what, attempt + 1, status)
+                if status < 300:
+                    return text
+                message = self._server_text(text)
+                if status < 500:
+                    raise self._client_error(status, message, what)
+                if absent_ok and status == 500 and "attribute not found" in message.lower():
+                    raise _AttributeAbsent()
+                last = f"HTTP {status}" + (f" {message}" if message else "")
+            if attempt < self.retries and not self._pause(attempt, end):
+                break
+        limit = f" within {budget:g} s" if budget is not None else ""
+        raise OneGateUnavailable(
+            f"{what} failed after {self._attempts_word(made)}{limit}: {last} (endpoint {self.endpoint})"
+        )
+
+    def _once(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+        data: str | None,
+        timeout: float,
+    ) -> tuple[int, str]:
+        """One HTTP exchange that returns within ``timeout`` seconds, whatever the server does.
+
+        requests' timeout bounds each socket read, not the exchange: a server that trickles its
+        headers or body could hold a call forever. The exchange therefore runs in a worker thread;
+        past the bound it is abandoned (its own socket timeouts end it soon after) together with
+        its session, so the next attempt starts on a fresh connection.
+        """
+        import requests
+
+        session = self._session_get()
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                with session.request(
+                    method,
+                    url,
+                    headers=headers,
+                    params=params,
+                    data=data,
+                    timeout=(timeout, timeout),
+                    allow_redirects=False,
+                    stream=True,
+                ) as resp:
+                    box["answer"] = (resp.status_code, resp.content.decode("utf-8", "replace"))
+            except BaseException as exc:  # handed to the caller's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=work, name="onegate-request", daemon=True).start()
+        if not done.wait(timeout):
+            self._session = None  # the abandoned worker still owns that session's connection
+            raise requests.Timeout("no complete answer in time")
+        if "error" in box:
+            raise box["error"]
+        return box["answer"]
+
+    def _pause(self, attempt: int, end: float | None) -> bool:
+        """Sleep before the next attempt; False when the deadline leaves no room for one."""
+        delay = self.backoff * (2**attempt) * random.uniform(0.5, 1.0)
+        if end is not None and time.monotonic() + delay >= end - 0.01:
+            return False
+        time.sleep(delay)
+        return True
+
+    @staticmethod
+    def _attempts_word(n: int) -> str:
+        return "1 attempt" if n == 1 else f"{n} attempts"
+
+    def _server_text(self, text: str) -> str:
+        """The server's plain-text message, first line, bounded and without the token."""
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        first = self.redact(first)
+        return first[:_MAX_SERVER_TEXT]
+
+    def _client_error(self, status: int, message: str, what: str) -> OneGateRefused:
+        cls, text = self._client_error_text(status, message, what)
+        return cls(text, status, message)
+
+    def _client_error_text(self, status: int, message: str, what: str) -> tuple[type[OneGateRefused], str]:
+        said = f" (server said: {message})" if message else ""
+        if status == 401:
+            return OneGateAuthError, (
+                f"{what}: 401 OneGate refused the credentials{said}. The token (one_env TOKENTXT or "
+                f"token.txt) or VMID {self.vmid} does not match this VM; check TOKEN=YES in CONTEXT and "
+                "that the VM owner has a TOKEN_PASSWORD"
+            )
+        if status == 403:
+            return OneGateForbidden, (
+                f"{what}: 403 forbidden{said}. The attribute is restricted (SERVICE_ID, ROLE_NAME, "
+                "SCHED_REQUIREMENTS) or the OneGate administrator disabled this action"
+            )
+        if status == 400:
+            return OneGateNotInService, (
+                f"{what}: 400{said}. This VM is not in a OneFlow service, or the target VM is not in "
+                "its service (OneFlow may still be registering new VMs)"
+            )
+        if status == 404:
+            return OneGateNotFound, f"{what}: 404 not found{said}"
+        return OneGateRefused, f"{what}: HTTP {status}{said}"
+
+
+class _AttributeAbsent(Exception):
+    """Internal: delete of an attribute the VM does not have."""
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """A short, token-free description of a requests failure (no headers are in these texts)."""
+    import requests
+
+    if isinstance(exc, requests.ConnectTimeout):
+        return "connection timed out"
+    if isinstance(exc, requests.Timeout):
+        return "timed out waiting for the answer"
+    if isinstance(exc, requests.ConnectionError):
+        text = str(exc)
+        if "refused" in text.lower():
+            return "connection refused"
+        return "connection failed"
+    return type(exc).__name__

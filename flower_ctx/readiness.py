@@ -1,0 +1,240 @@
+"""Readiness that means ready: what a role publishes to OneGate and when (DESIGN section 8).
+
+Order on every publication: the role's discovery attributes first (a ``straight`` child deployed on
+READY must find them), then the health check, then ``FL_READY=YES`` + ``READY=YES`` only if it
+passed. On failure ``FL_READY=NO``, a short sanitised ``FL_ERROR`` and ``READY`` withdrawn (deleted:
+an empty value is refused by OneGate). The VM is read first and only differences are sent, so
+republishing the same values changes nothing on the VM. OneGate trouble never raises out of
+:func:`publish_ready`: it is reported in the result (configure's local work stands).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .errors import OneGateError
+from .model import Config, HostPort
+from .onegate import OneGateClient, check_name, check_value, encode_value
+
+FLEET_PORT = 9092
+MAX_ERROR_LEN = 200
+# Attributes the builders below may produce: one of them no longer wanted (TLS or WireGuard turned
+# off) is deleted from the VM so nobody discovers stale material.
+MANAGED_ATTRS = (
+    "FL_ROLE",
+    "FL_VERSION",
+    "FL_ENDPOINT",
+    "FL_TLS",
+    "FL_CA_CERT",
+    "FL_CA_FINGERPRINT",
+    "FL_WG_PUBLIC_KEY",
+    "FL_GRPC_KEEPALIVE_TIME",
+    "FL_GRPC_KEEPALIVE_TIMEOUT",
+    "FL_SUPERLINK",
+)
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    ok: bool
+    detail: str = ""  # why not, in operator terms (sanitised before it is published)
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    healthy: bool  # the health check passed
+    ready: bool  # READY=YES is on the VM after this call
+    sent: dict[str, str] = field(default_factory=dict)  # attributes written (only the differing ones)
+    deleted: tuple[str, ...] = ()
+    error: str | None = None  # the FL_ERROR text (published if OneGate took it)
+    onegate_problem: str | None = None  # set when OneGate failed: the degraded state to report
+
+    @property
+    def degraded(self) -> bool:
+        return self.onegate_problem is not None
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.sent or self.deleted)
+
+
+# -- attribute builders (pure) ------------------------------------------------------------------
+
+
+def format_endpoint(hp: HostPort) -> str:
+    """``host:port`` for OneGate. IPv6 goes without brackets (``[``/``]`` break OneGate's quoting);
+    the port is always last, so ``rpartition(':')`` reads it back unambiguously."""
+    return f"{hp.host}:{hp.port}"
+
+
+def primary_endpoint(config: Config, port: int = FLEET_PORT) -> HostPort | None:
+    """``ip:port`` on the primary NIC (the lowest-numbered NIC with an address; IPv4 preferred)."""
+    for nic in sorted(config.nics, key=lambda n: n.index):
+        ip = nic.ip or nic.ip6
+        if ip is not None:
+            return HostPort(str(ip), port)
+    return None
+
+
+def superlink_attrs(
+    config: Config,
+    *,
+    ca_pem: bytes | None = None,
+    wg_public_key: str | None = None,
+    endpoint: HostPort | None = None,
+) -> dict[str, str]:
+    """The SuperLink's discovery attributes (DESIGN section 8). ``ca_pem`` is required with TLS."""
+    from .pem import fingerprint, load_certs
+
+    attrs = {"FL_ROLE": "superlink", "FL_VERSION": config.flower_version}
+    ep = endpoint or primary_endpoint(config)
+    if ep is not None:
+        attrs["FL_ENDPOINT"] = format_endpoint(ep)
+    attrs["FL_TLS"] = "YES" if config.tls_enabled else "NO"
+    if config.tls_enabled:
+        if not ca_pem:
+            raise ValueError("superlink_attrs: TLS is enabled but no CA certificate was given")
+        attrs["FL_CA_CERT"] = encode_value(ca_pem)
+        attrs["FL_CA_FINGERPRINT"] = fingerprint(load_certs(ca_pem)[0])
+    if config.wg is not None and wg_public_key:
+        attrs["FL_WG_PUBLIC_KEY"] = wg_public_key
+    attrs["FL_GRPC_KEEPALIVE_TIME"] = str(config.keepalive_time)
+    attrs["FL_GRPC_KEEPALIVE_TIMEOUT"] = str(config.keepalive_timeout)
+    return attrs
+
+
+def supernode_attrs(
+    config: Config, *, superlink: HostPort | None = None, wg_public_key: str | None = None
+) -> dict[str, str]:
+    """The SuperNode's attributes: role, version, the SuperLink address it uses, its WG key."""
+    attrs = {"FL_ROLE": "supernode", "FL_VERSION": config.flower_version}
+    target = superlink or config.superlink_address
+    if target is not None:
+        attrs["FL_SUPERLINK"] = format_endpoint(target)
+    if config.wg is not None and wg_public_key:
+        attrs["FL_WG_PUBLIC_KEY"] = wg_public_key
+    return attrs
+
+
+# -- FL_ERROR sanitising ------------------------------------------------------------------------
+
+_PEM_RE = re.compile(r"-----BEGIN[^\n]*?-----.*?(?:-----END[^\n]*?-----|\Z)", re.S)
+# Long base64-looking runs (keys, tokens). Lowercase hex (fingerprints) is kept: it helps diagnosis.
+_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/_-]{32,}={0,2}")
+_REPLACE = str.maketrans({",": ";", '"': "'", "\\": "/", "[": "(", "]": ")", "\n": " ", "\r": " ", "\t": " "})
+
+
+def sanitize_error(text: str, secrets: Iterable[str] = ()) -> str:
+    """A one-line FL_ERROR: no key material, nothing OneGate cannot store, at most MAX_ERROR_LEN."""
+    out = text
+    for s in secrets:
+        if s:
+            out = out.replace(s, "***")
+    out = _PEM_RE.sub("<pem>", out)
+    out = _B64_RUN_RE.sub(lambda m: m.group(0) if re.fullmatch(r"[0-9a-f]+", m.group(0)) else "***", out)
+    out = out.translate(_REPLACE)
+    out = "".join(c for c in out if c.isprintable())
+    out = " ".join(out.split())
+    if len(out) > MAX_ERROR_LEN:
+        out = out[: MAX_ERROR_LEN - 3].rstrip() + "..."
+    return out or "health check failed"
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+
+def publish_ready(
+    client: OneGateClient,
+    attrs: Mapping[str, str],
+    health: Callable[[], HealthResult],
+) -> PublishResult:
+    """Publish ``attrs``, run ``health``, then report ready or not (see the module doc)."""
+    wanted = {check_name(k): check_value(check_name(k), v) for k, v in attrs.items()}
+    sent: dict[str, str] = {}
+    deleted: list[str] = []
+    current: dict[str, str] | None = None
+    problem: str | None = None
+    try:
+        current = _user_template(client)
+        _apply(client, current, wanted, stale=[k for k in MANAGED_ATTRS if k not in wanted], sent=sent, deleted=deleted)
+    except OneGateError as exc:
+        problem = client.redact(str(exc))
+
+    result = _run_health(health)
+    error = None if result.ok else sanitize_error(client.redact(result.detail or "health check failed"))
+    ready = False
+    if current is not None and problem is None:
+        try:
+            if result.ok:
+                _apply(
+                    client, current, {"FL_READY": "YES", "READY": "YES"}, stale=["FL_ERROR"], sent=sent, deleted=deleted
+                )
+                ready = True
+            else:
+                # Withdraw READY first: a reader must never see READY=YES next to FL_READY=NO.
+                _apply(client, current, {}, stale=["READY"], sent=sent, deleted=deleted)
+                _apply(
+                    client,
+                    current,
+                    {"FL_READY": "NO", "FL_ERROR": error or "health check failed"},
+                    stale=[],
+                    sent=sent,
+                    deleted=deleted,
+                )
+        except OneGateError as exc:
+            problem = client.redact(str(exc))
+    return PublishResult(
+        healthy=result.ok,
+        ready=ready,
+        sent=sent,
+        deleted=tuple(deleted),
+        error=error,
+        onegate_problem=problem,
+    )
+
+
+def _user_template(client: OneGateClient) -> dict[str, str]:
+    doc = client.get_vm()
+    ut = (doc.get("VM") or {}).get("USER_TEMPLATE") or {}
+    # Vector attributes come back as objects; only string scalars can equal what we publish.
+    return {str(k).upper(): v for k, v in ut.items() if isinstance(v, str)}
+
+
+def _apply(
+    client: OneGateClient,
+    current: dict[str, str],
+    wanted: Mapping[str, str],
+    *,
+    stale: Iterable[str],
+    sent: dict[str, str],
+    deleted: list[str],
+) -> None:
+    """Make ``current`` (the VM's view, kept in step) hold ``wanted`` and none of ``stale``:
+    one PUT for the differing values, one delete per stale attribute present."""
+    diff = {k: v for k, v in wanted.items() if current.get(k) != v}
+    if diff:
+        client.update_vm(diff)
+        current.update(diff)
+        sent.update(diff)
+    for name in stale:
+        if name in current:
+            client.delete_vm_attr(name)  # absent on the server (raced away) is fine too
+            current.pop(name, None)
+            deleted.append(name)
+
+
+def _run_health(health: Callable[[], HealthResult]) -> HealthResult:
+    try:
+        result = health()
+    except Exception as exc:  # a crashing check is a failed check, reported, never READY
+        return HealthResult(False, f"health check crashed: {type(exc).__name__}: {exc}")
+    if isinstance(result, HealthResult):
+        return result
+    # Any result with ``ok``/``detail`` (e.g. health.Health) counts; anything else must be a bool.
+    if hasattr(result, "ok"):
+        return HealthResult(result.ok is True, str(getattr(result, "detail", "") or ""))
+    if isinstance(result, bool):
+        return HealthResult(result, "" if result else "health check failed")
+    return HealthResult(False, f"health check returned {type(result).__name__}, not a result")
