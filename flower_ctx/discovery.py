@@ -37,6 +37,10 @@ class DiscoveryError(FlowerCtxError):
     """The SuperLink could not be discovered; the message names what was missing."""
 
 
+class DiscoveryTimeout(DiscoveryError):
+    """Nothing usable was published before the deadline: the SuperLink may still be on its way."""
+
+
 @dataclass(frozen=True)
 class Discovered:
     endpoint: HostPort
@@ -89,7 +93,7 @@ def discover_superlink(
             reason = str(exc)
         remaining = end - clock()
         if remaining <= 0:
-            raise DiscoveryError(
+            raise DiscoveryTimeout(
                 f"no SuperLink found through OneGate within {deadline_s:g} s: {reason}. "
                 "Check the SuperLink VM, or set FL_SUPERLINK_ADDRESS"
             )

@@ -133,3 +133,32 @@ def test_superlink_and_two_supernodes_boot_from_context(zone: tuple[Rig, OneGate
     assert_no_token(*outputs, status, doctor, link_log.read_text(errors="replace"))
 
 
+
+
+def test_supernode_booted_before_its_superlink_becomes_ready_when_it_appears(zone: tuple[Rig, OneGateServer]) -> None:
+    rig, og = zone
+    vms = rig.vms
+    link_vm = og.add_vm("superlink_0", ips=[str(vms["link"].eth0_ip)], vm_id=7)
+    node_vm = og.add_vm("supernode_0", ips=[str(vms["node1"].eth0_ip)], vm_id=8)
+    og.add_service("flower", {"superlink": [link_vm], "supernode": [node_vm]}, service_id=21)
+    for name, fake in (("link", link_vm), ("node1", node_vm)):
+        vm = vms[name]
+        boot_files(vm, {"ETH0_IP": str(vm.eth0_ip), "ONEGATE_ENDPOINT": f"http://{vm.gateway}:{og.port}",
+                        "VMID": str(fake.id), "TOKEN": "YES", "REPORT_READY": "YES", "FL_SUPERLINK_ADDRESS": ""},
+                   fake.token)
+
+    flower_ctx(vms["node1"], "configure", "--role", "supernode")
+    out = flower_ctx(vms["node1"], "bootstrap", "--role", "supernode", "--wait", "3")
+    assert "waiting for SuperLink" in out, out
+    ut = og.user_template(node_vm)
+    assert ut.get("FL_READY") == "NO" and "READY" not in ut and "waiting for SuperLink" in ut.get("FL_ERROR", "")
+
+    flower_ctx(vms["link"], "configure", "--role", "superlink")
+    t0 = time.monotonic()
+    flower_ctx(vms["link"], "bootstrap", "--role", "superlink", "--wait", "90")
+    wait_for(lambda: og.user_template(node_vm).get("READY") == "YES", 90, "the SuperNode's READY=YES")
+    print(f"\nSuperNode ready {time.monotonic() - t0:.1f} s after the SuperLink's bootstrap started")
+    ut = og.user_template(node_vm)
+    assert ut["FL_READY"] == "YES" and "FL_ERROR" not in ut
+    link_log = vms["link"].path("/opt/flower/run/superlink.log")
+    wait_for(lambda: "Activated node_id" in link_log.read_text(errors="replace"), 60, "the registration")

@@ -164,11 +164,32 @@ def _spawn_watcher(role: str, context_file: Path | None, paths: Paths) -> None:
     pidfile.write_text(f"{proc.pid}\n")
 
 
+def _runtime_address(paths: Paths, role: str) -> str | None:
+    return (runtime_doc(paths, role) or {}).get("superlink_address")
+
+
 def _watch(config: Config, paths: Paths, client: Any) -> int:
+    """Background re-check for a SuperNode waiting for its SuperLink: discover it if needed, start
+    Flower once an address is known, and publish READY=YES when the SuperLink answers."""
+    from ..discovery import DiscoveryTimeout
+
+    role = config.role.value
     sup = for_machine(paths)
     deadline = time.monotonic() + WATCH_MAX_S
     delay = 1.0
     while time.monotonic() < deadline:
+        if not _runtime_address(paths, role):
+            try:
+                with machine_lock(paths):
+                    _discover(config, paths, client, 60)
+            except DiscoveryTimeout:
+                continue  # discovery backs off by itself
+            except FlowerCtxError as exc:
+                say(f"failed: {exc}")
+                say(publish(config, paths, client, Health(False, str(exc))))
+                return EXIT_FAILED
+        if not sup.state(role).running or sup.needs_restart(role):
+            say(f"flower-{role} {sup.ensure_running(role)} ({sup.manager})")
         health = check(config, paths, sup)
         if health.ok:
             say(publish(config, paths, client, health))
@@ -213,9 +234,19 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
 
     sup = for_machine(paths)
     if config.role is Role.SUPERNODE and config.superlink_address is None:
+        from ..discovery import DiscoveryTimeout
+
         try:
             with machine_lock(paths):
                 _discover(config, paths, client, wait)
+        except DiscoveryTimeout as exc:
+            # The SuperLink is not up yet: not a boot failure. Keep looking in the background.
+            waiting = Health(False, f"waiting for SuperLink: {exc}", waiting=True)
+            say(waiting.detail)
+            say(publish(config, paths, client, waiting))
+            _spawn_watcher(role, context_file, paths)
+            say("a background check starts Flower and publishes READY=YES when the SuperLink appears")
+            return
         except FlowerCtxError as exc:
             say(f"failed: {exc}")
             say(publish(config, paths, client, Health(False, str(exc))))
