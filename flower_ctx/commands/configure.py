@@ -28,11 +28,11 @@ Step = Callable[..., StepResult]
 
 
 def _steps() -> list[tuple[str, Step]]:
-    """The steps in the order they are safe to apply: TLS and keys, tunnel, runtime config.
+    """The steps in the order they are safe to apply: Flower release, TLS and keys, tunnel, runtime config.
 
     Imported here, not at module level, so `configure --help` stays light.
     """
-    from .. import agentstate, runtime, tls, wireguard
+    from .. import agentstate, flowerversion, runtime, tls, wireguard
     from ..model import Role
 
     def runtime_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
@@ -42,7 +42,12 @@ def _steps() -> list[tuple[str, Step]]:
             found = agentstate.discovered_superlink(paths)
         return runtime.apply(config, paths, dry_run=dry_run, superlink_address=found)
 
-    return [("tls", tls.apply), ("wireguard", wireguard.apply), ("runtime", runtime_step)]
+    return [
+        ("flower", flowerversion.apply),
+        ("tls", tls.apply),
+        ("wireguard", wireguard.apply),
+        ("runtime", runtime_step),
+    ]
 
 
 def run_steps(config: Config, paths: Paths, *, dry_run: bool) -> list[StepResult]:
