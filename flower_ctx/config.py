@@ -45,7 +45,7 @@ def _pick(var: Variable, values: Mapping[str, str], c: _Collector) -> tuple[str 
     """The raw value of ``var`` and the name it was given under. Empty means unset (OneFlow)."""
     canon = values.get(var.name, "")
     alias = values.get(var.alias, "")
-    if canon and alias and canon != alias:
+    if canon and alias and canon != alias and not _same(var, canon, alias):
         c.err(var.name, f"set both as {var.name} and as {var.alias} with different values; keep one")
         return None, var.name
     if canon:
@@ -53,6 +53,14 @@ def _pick(var: Variable, values: Mapping[str, str], c: _Collector) -> tuple[str 
     if alias:
         return alias, var.alias
     return None, var.name
+
+
+def _same(var: Variable, a: str, b: str) -> bool:
+    """Two spellings of one value (``yes``/``YES``, ``info``/``INFO``) are not a conflict."""
+    try:
+        return bool(var.parse(a) == var.parse(b))
+    except Invalid:
+        return False
 
 
 def resolve(

@@ -26,11 +26,9 @@ class Check:
 
 
 def _target(doc: dict | None) -> HostPort | None:
-    addr = (doc or {}).get("superlink_address")
-    if not addr:
-        return None
-    host, _, port = str(addr).rpartition(":")
-    return HostPort(host.strip("[]"), int(port))
+    from .health import runtime_target
+
+    return runtime_target(doc)
 
 
 def run_checks(config: Config | None, context_error: FlowerCtxError | None, paths: Paths, role: str,
@@ -207,13 +205,28 @@ def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
             yield Check("wg peer", OK, f"peer {short}: handshake {int(p.latest_handshake_age)}s ago")
 
 
+def _service_log_tail(paths: Paths, role: str) -> bytes:
+    """The end of the Flower service's log: the journal under systemd, else the built-in log file."""
+    from .supervisor import SystemdSupervisor, child_environment, for_machine, unit_name
+
+    if isinstance(for_machine(paths), SystemdSupervisor):
+        import subprocess
+
+        try:
+            out = subprocess.run(["journalctl", "-u", unit_name(role), "-n", "2000", "--no-pager", "-o", "cat"],
+                                 capture_output=True, timeout=20, env=child_environment())
+            return out.stdout[-200_000:]
+        except (OSError, subprocess.TimeoutExpired):
+            return b""
+    try:
+        return (paths.flower_home / "run" / f"{role}.log").read_bytes()[-200_000:]
+    except OSError:
+        return b""
+
+
 def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
     t, to = config.keepalive_time, config.keepalive_timeout
-    log = paths.flower_home / "run" / f"{role}.log"
-    try:
-        tail = log.read_bytes()[-200_000:]
-    except OSError:
-        tail = b""
+    tail = _service_log_tail(paths, role)
     if b"too_many_pings" in tail or b"ENHANCE_YOUR_CALM" in tail:
         yield Check("keepalive", PROBLEM, "the SuperLink closed the connection with GOAWAY too_many_pings",
                     f"the SuperLink does not accept pings every {t}s: run it with flower-ctx (allows 10 s) or "

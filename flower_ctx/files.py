@@ -89,7 +89,9 @@ def ensure_dir(path: Path, mode: int = 0o755, owner: str | None = None, group: s
     """Create ``path`` (and parents) with ``mode``; fix mode/owner of an existing one. True if changed."""
     changed = False
     if not path.is_dir():
-        ensure_dir(path.parent, 0o755)
+        # Missing parents are created, existing ones left exactly as they are (e.g. a 1777 /tmp
+        # above a --root staging tree): only ``path`` itself is ours to set.
+        os.makedirs(path.parent, 0o755, exist_ok=True)
         try:
             os.mkdir(path, mode)
         except FileExistsError:

@@ -27,6 +27,27 @@ def installed_version() -> str | None:
         return None
 
 
+def _install(want: str, timeout: float) -> tuple[bool, str]:
+    """Download within ``timeout`` (the slow, failure-prone part), then install from the local files
+    with no time limit: killing pip mid-install could leave the virtualenv without a working Flower."""
+    import tempfile
+
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
+    with tempfile.TemporaryDirectory(prefix="flower-ctx-pip-") as tmp:
+        try:
+            out = subprocess.run([*pip, "download", "-d", tmp, f"flwr=={want}"], capture_output=True, text=True,
+                                 timeout=timeout, env=child_environment())
+        except subprocess.TimeoutExpired:
+            return False, f"download did not finish within {timeout:g} s"
+        if out.returncode != 0:
+            return False, (out.stderr.strip().splitlines() or ["pip download failed"])[-1][:200]
+        out = subprocess.run([*pip, "install", "--no-index", "--find-links", tmp, f"flwr=={want}"],
+                             capture_output=True, text=True, env=child_environment())
+        if out.returncode != 0:
+            return False, (out.stderr.strip().splitlines() or ["pip install failed"])[-1][:200]
+    return True, ""
+
+
 def apply(config: Config, paths: Paths, *, dry_run: bool = False, timeout: float = INSTALL_TIMEOUT_S) -> StepResult:
     result = StepResult("flower")
     have = installed_version()
@@ -42,12 +63,7 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False, timeout: float
     if paths.staged:
         result.skipped.append(f"pip install flwr=={want} (installed: {have or 'none'})")
         return result
-    cmd = [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "-q", f"flwr=={want}"]
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_environment())
-        ok, why = out.returncode == 0, (out.stderr.strip().splitlines() or ["pip failed"])[-1][:200]
-    except subprocess.TimeoutExpired:
-        ok, why = False, f"no result within {timeout:g} s"
+    ok, why = _install(want, timeout)
     if ok:
         result.changes.append(Change(what, "updated", "installed with pip"))
         result.facts["flower_version"] = want

@@ -43,13 +43,31 @@ def fleet_port(doc: dict[str, Any] | None) -> int:
         return FLEET_PORT
 
 
+def runtime_target(doc: dict[str, Any] | None) -> HostPort | None:
+    """The SuperLink address a SuperNode's runtime config holds (None when unknown or unreadable)."""
+    addr = (doc or {}).get("superlink_address")
+    if not addr:
+        return None
+    from .values import Invalid, host_port
+
+    try:
+        return host_port(str(addr))
+    except Invalid:
+        return None
+
+
 def superlink_dial_address(config: Config, doc: dict[str, Any] | None) -> HostPort:
-    """Where SuperNodes reach this SuperLink: the primary NIC address, else loopback."""
+    """Where SuperNodes reach this SuperLink: the primary NIC address from CONTEXT, else the
+    address of the default route's interface, else loopback (a lone test VM)."""
     port = fleet_port(doc)
     for nic in sorted(config.nics, key=lambda n: n.index):
         ip = nic.ip or nic.ip6
         if ip is not None:
             return HostPort(str(ip), port)
+    from .tls import default_route_addresses
+
+    for ip in default_route_addresses():
+        return HostPort(str(ip), port)
     return HostPort("127.0.0.1", port)
 
 
@@ -74,11 +92,10 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
     if config.role is Role.SUPERLINK:
         target = superlink_dial_address(config, doc)
     else:
-        addr = doc.get("superlink_address")
-        if not addr:
+        found = runtime_target(doc)
+        if found is None:
             return Health(False, "no SuperLink address yet (OneGate discovery has not found one)", waiting=True)
-        host, _, port = str(addr).rpartition(":")
-        target = HostPort(host.strip("[]"), int(port))
+        target = found
     if not config.tls_enabled:
         err = _tcp(target, timeout)
         if err is None:

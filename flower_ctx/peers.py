@@ -19,14 +19,16 @@ def parse_peer_sections(text: str, default_keepalive: int) -> tuple[list[WgPeer]
             continue
         if line.startswith("["):
             if line.lower() != "[peer]":
-                problems.append(f"line {lineno}: only [Peer] sections belong here, found {show(line)}")
+                found = show(line[:40].split("=")[0])
+                problems.append(f"line {lineno}: only [Peer] sections belong here, found {found}")
                 current = None
                 continue
             current = []
             sections.append((len(sections) + 1, lineno, current))
             continue
         if current is None:
-            problems.append(f"line {lineno}: {show(line)} is outside a [Peer] section")
+            # Only the key name is echoed: the value may be a private key ([Interface] pasted in).
+            problems.append(f"line {lineno}: {show(line.partition('=')[0].strip())} is outside a [Peer] section")
             continue
         key, sep, value = line.partition("=")
         if not sep:

@@ -30,10 +30,18 @@ def load_certs(pem: bytes) -> list[x509.Certificate]:
         raise PemError("contains a private key where a certificate is expected")
     try:
         certs = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+    except Exception as exc:  # ValueError, InvalidVersion, ...: all mean "not a usable certificate"
         raise PemError(f"is not a valid PEM certificate ({_short(exc)})") from None
     if not certs:
         raise PemError("contains no certificate")
+    for cert in certs:
+        # Parsing is lazy: touch what the checks read so a malformed extension, key or date is
+        # reported here as bad input, not as a crash later.
+        try:
+            _ = (cert.extensions, cert.public_key(), cert.not_valid_before_utc, cert.not_valid_after_utc)
+            _ = (cert.subject.rfc4514_string(), cert.issuer.rfc4514_string())
+        except Exception as exc:
+            raise PemError(f"holds a certificate that cannot be used ({_short(exc)})") from None
     return certs
 
 

@@ -47,7 +47,7 @@ class ServiceState:
     manager: str  # "systemd" | "builtin"
 
 
-def _proc_start_time(pid: int) -> str | None:
+def proc_start_time(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -106,7 +106,7 @@ class SystemdSupervisor(Supervisor):
     manager = "systemd"
 
     def _systemctl(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run(["systemctl", *args], capture_output=True, text=True, timeout=60, env=child_environment())
 
     def state(self, role: str) -> ServiceState:
         out = self._systemctl("show", unit_name(role), "--property=ActiveState,SubState,MainPID")
@@ -150,7 +150,7 @@ class BuiltinSupervisor(Supervisor):
             pid = int(pid_s)
         except (OSError, ValueError):
             return None
-        return pid if _proc_start_time(pid) == start else None
+        return pid if proc_start_time(pid) == start else None
 
     def state(self, role: str) -> ServiceState:
         pid = self._read_pid(role)
@@ -191,7 +191,7 @@ class BuiltinSupervisor(Supervisor):
             log.close()
         start = None
         for _ in range(50):  # /proc entry appears at once, but be patient under load
-            start = _proc_start_time(proc.pid)
+            start = proc_start_time(proc.pid)
             if start:
                 break
             time.sleep(0.01)
@@ -208,7 +208,7 @@ class BuiltinSupervisor(Supervisor):
         except ProcessLookupError:
             return
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _proc_start_time(pid) is not None:
+        while time.monotonic() < deadline and proc_start_time(pid) is not None:
             try:
                 if os.waitpid(pid, os.WNOHANG) != (0, 0):
                     break

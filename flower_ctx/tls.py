@@ -132,7 +132,9 @@ def default_route_addresses() -> list[IPAddress]:
 
 def _ip_json(argv: list[str]) -> list[dict[str, Any]]:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
+        from .supervisor import child_environment  # the hook exports CONTEXT secrets: keep them from `ip`
+
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False, env=child_environment())
         data = json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return []

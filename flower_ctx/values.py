@@ -38,7 +38,7 @@ def boolean(value: str) -> bool:
 
 
 def integer(value: str, lo: int, hi: int) -> int:
-    if not _INT.match(value):
+    if not _INT.match(value) or len(value) > 12:  # also keeps int() away from huge digit strings
         raise Invalid(f"must be a whole number from {lo} to {hi}, got {show(value)}")
     n = int(value)
     if not lo <= n <= hi:
@@ -105,7 +105,7 @@ def host_port(value: str) -> HostPort:
                 raise Invalid(
                     f"{show(value)}: {show(host)} is neither an IPv4 address nor a DNS name; {form}"
                 ) from None
-    if not _INT.match(port_s) or not 1 <= int(port_s) <= 65535:
+    if not _INT.match(port_s) or len(port_s) > 5 or not 1 <= int(port_s) <= 65535:
         raise Invalid(f"{show(value)}: port must be from 1 to 65535")
     return HostPort(host, int(port_s))
 
@@ -229,4 +229,7 @@ def relative_path(value: str) -> str:
         raise Invalid(f"{show(value)} must not contain '..'")
     if any(p in ("", ".") for p in parts) or value.endswith("/"):
         raise Invalid(f"{show(value)} must be a file path like state/state.db (no empty or '.' parts)")
+    if len(parts) < 2 or parts[0] != "state":
+        # Only state/ is writable by the sandboxed SuperLink unit, and only it may be made 0700 flower.
+        raise Invalid(f"{show(value)} must be inside state/ (e.g. state/{parts[-1]})")
     return value

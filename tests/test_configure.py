@@ -71,3 +71,12 @@ def test_json_output(stage: Path) -> None:
 def test_help_says_what_it_does(role: str) -> None:
     out = configure("--help")
     assert out.returncode == 0 and "--root" in out.stdout and "--dry-run" in out.stdout
+
+
+def test_root_under_a_shared_directory_leaves_its_mode(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    out = configure("--role", "superlink", "--context", str(EXAMPLE), "--root", str(shared / "a" / "stage"))
+    assert out.returncode == 0, out.stderr
+    assert shared.stat().st_mode & 0o7777 == 0o1777

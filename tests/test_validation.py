@@ -69,6 +69,10 @@ BAD = [
     ("FL_DATABASE", "/etc/passwd", "relative"),
     ("FL_DATABASE", "state/../../etc/shadow", "'..'"),
     ("FL_DATABASE", "state/db name", "only letters"),
+    ("FL_DATABASE", "venv/x.db", "inside state/"),
+    ("FL_DATABASE", "state.db", "inside state/"),
+    ("FL_GRPC_KEEPALIVE_TIME", "9" * 5000, "whole number"),
+    ("FL_WG_PEER_ENDPOINT", "hub:" + "9" * 5000, "port must be from 1 to 65535"),
     ("FL_DATABASE", "state/x\n--insecure", "only letters"),
     ("FL_CERT_EXTRA_SAN", "10.0.0.1", "must start with IP: or DNS:"),
     ("FL_CERT_EXTRA_SAN", "IP:10.0.0.300", "is not an IP address"),
@@ -444,3 +448,18 @@ def test_keepalive_bounds_property(t: int, to: int) -> None:
         assert not ok
     else:
         assert ok and (cfg.keepalive_time, cfg.keepalive_timeout) == (t, to)
+
+
+def test_peers_errors_never_echo_key_material() -> None:
+    key = b64(bytes(range(100, 132)))
+    text = f"[Interface]\nPrivateKey = {key}\n[Peer]\nPublicKey = {PUB1}\nAllowedIPs = 10.9.0.0/24\n"
+    found = problems("supernode", {**WG_BASE, "FL_WG_PEERS": b64(text)})
+    assert "outside a [Peer] section" in found["FL_WG_PEERS"] or "only [Peer]" in found["FL_WG_PEERS"]
+    with pytest.raises(ValidationError) as info:
+        load_config("supernode", {**WG_BASE, "FL_WG_PEERS": b64(text)})
+    assert key[:8] not in str(info.value)
+
+
+def test_same_value_spelled_differently_under_both_names_is_fine() -> None:
+    cfg = load_config("superlink", {"FL_TLS_ENABLED": "yes", "ONEAPP_FL_TLS_ENABLED": "YES"})
+    assert cfg.tls_enabled is True

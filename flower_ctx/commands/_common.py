@@ -28,7 +28,8 @@ context_option = click.option(
     "context_file",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="context.sh to read (default: the newest /var/run/one-context/context.sh.{network,online,local}).",
+    help="context.sh to read. Default: the newest of /var/run/one-context/context.sh.network, .online, .local "
+    "(under --root DIR when given).",
 )
 env_option = click.option(
     "--env",
@@ -42,6 +43,13 @@ root_option = click.option(
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
     help="Staging root: read and write every file under DIR and skip system effects (links, units, OneGate).",
+)
+read_root_option = click.option(
+    "--root",
+    "root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Read the machine's files under DIR (a tree made by `configure --root DIR`). Changes nothing.",
 )
 
 

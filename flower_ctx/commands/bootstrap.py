@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -14,10 +13,11 @@ import click
 
 from .. import agentstate
 from ..errors import EXIT_FAILED, FlowerCtxError
-from ..health import Health, check, runtime_doc, superlink_dial_address
+from ..files import write_file
+from ..health import Health, check, runtime_doc, runtime_target, superlink_dial_address
 from ..model import Config, HostPort, Role
 from ..paths import Paths
-from ..supervisor import child_environment, for_machine
+from ..supervisor import child_environment, for_machine, proc_start_time
 from ._common import (
     context_option,
     echo_warnings,
@@ -63,7 +63,13 @@ def _discover(config: Config, paths: Paths, client: Any, wait: float) -> HostPor
     from .. import runtime, tls
     from ..discovery import discover_superlink
 
+    ca_only = config.superlink_address is not None  # static address, CA to be taken from OneGate
     if client is None:
+        if ca_only:
+            raise FlowerCtxError(
+                "TLS is on and FL_SSL_CA_CERTFILE is empty, and OneGate is not available to fetch the CA the "
+                "SuperLink publishes: set FL_SSL_CA_CERTFILE (`flower-ctx ca export` on the SuperLink)"
+            )
         raise FlowerCtxError(
             "FL_SUPERLINK_ADDRESS is empty and OneGate is not available (the VM template needs CONTEXT "
             "TOKEN=YES, and discovery works only inside one OneFlow service): set FL_SUPERLINK_ADDRESS"
@@ -81,6 +87,10 @@ def _discover(config: Config, paths: Paths, client: Any, wait: float) -> HostPor
             raise FlowerCtxError(f"the SuperLink at {found.endpoint} has not published FL_CA_CERT; "
                                  "set FL_SSL_CA_CERTFILE on this SuperNode")
         tls.install_trusted_ca(found.ca_pem, paths)
+    if ca_only:
+        assert config.superlink_address is not None
+        say(f"CA of the SuperLink VM {found.vm_id or '?'} installed from OneGate ({found.ca_fingerprint})")
+        return config.superlink_address
     agentstate.record_discovery(paths, found.endpoint, found.tls, found.ca_fingerprint, found.vm_id)
     runtime.apply(config, paths, superlink_address=found.endpoint)
     say(f"SuperLink found at {found.endpoint} (VM {found.vm_id or '?'})")
@@ -107,14 +117,12 @@ def _attrs(config: Config, paths: Paths) -> dict[str, str]:
     wg_pub = wg_public_key(config, paths)
     doc = runtime_doc(paths, config.role.value)
     if config.role is Role.SUPERLINK:
-        ca = paths.ca_cert.read_bytes() if config.tls_enabled else None
+        try:
+            ca = paths.ca_cert.read_bytes() if config.tls_enabled else None
+        except OSError:
+            raise FlowerCtxError(f"no CA at {paths.ca_cert}: run flower-ctx configure --role superlink") from None
         return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc))
-    addr = (doc or {}).get("superlink_address")
-    target = None
-    if addr:
-        host, _, port = str(addr).rpartition(":")
-        target = HostPort(host.strip("[]"), int(port))
-    return supernode_attrs(config, superlink=target, wg_public_key=wg_pub)
+    return supernode_attrs(config, superlink=runtime_target(doc), wg_public_key=wg_pub)
 
 
 def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:
@@ -147,10 +155,10 @@ def _spawn_watcher(role: str, context_file: Path | None, paths: Paths) -> None:
     """Keep checking in the background and publish readiness when the SuperLink appears."""
     pidfile = paths.flower_home / "run" / f"{role}.watch.pid"
     try:
-        pid = int(pidfile.read_text().split()[0])
-        os.kill(pid, 0)
-        return  # one watcher is enough
-    except (OSError, ValueError, IndexError):
+        pid_s, start = pidfile.read_text().split()
+        if proc_start_time(int(pid_s)) == start:
+            return  # one watcher is enough (pid and start time match: not a recycled pid)
+    except (OSError, ValueError):
         pass
     argv = [sys.executable, "-m", "flower_ctx", "bootstrap", "--role", role, "--watch"]
     if context_file is not None:
@@ -161,7 +169,7 @@ def _spawn_watcher(role: str, context_file: Path | None, paths: Paths) -> None:
     with open(paths.flower_home / "run" / f"{role}.watch.log", "ab") as logf:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, env=child_environment(), cwd="/")
-    pidfile.write_text(f"{proc.pid}\n")
+    write_file(pidfile, f"{proc.pid} {proc_start_time(proc.pid)}\n".encode(), 0o644)
 
 
 def _runtime_address(paths: Paths, role: str) -> str | None:
@@ -178,7 +186,8 @@ def _watch(config: Config, paths: Paths, client: Any) -> int:
     deadline = time.monotonic() + WATCH_MAX_S
     delay = 1.0
     while time.monotonic() < deadline:
-        if not _runtime_address(paths, role):
+        ca_missing = config.tls_enabled and not paths.ca_cert.exists()
+        if not _runtime_address(paths, role) or ca_missing:
             try:
                 with machine_lock(paths):
                     _discover(config, paths, client, 60)
@@ -233,7 +242,8 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
         raise click.exceptions.Exit(_watch(config, paths, client))
 
     sup = for_machine(paths)
-    if config.role is Role.SUPERNODE and config.superlink_address is None:
+    needs_onegate = config.superlink_address is None or (config.tls_enabled and config.pki.ca_pem is None)
+    if config.role is Role.SUPERNODE and needs_onegate:
         from ..discovery import DiscoveryTimeout
 
         try:

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import FlowerCtxError
-from ._common import paths_for, root_option
+from ._common import paths_for, read_root_option
 
 
 class NoCaError(FlowerCtxError):
@@ -21,7 +21,7 @@ def command() -> None:
 
 
 @command.command("export")
-@root_option
+@read_root_option
 @click.option(
     "--format",
     "fmt",

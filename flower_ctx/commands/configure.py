@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..errors import EXIT_FAILED, ApplyError
-from ..files import ensure_dir
+from ..files import remove_stale_temps
 from ..model import Config
 from ..paths import Paths
 from ..plan import StepResult
@@ -91,11 +91,14 @@ def _print(results: list[StepResult], dry_run: bool, role: str, paths: Paths) ->
 def command(
     role: str, context_file: Path | None, use_env: bool, root: Path | None, dry_run: bool, as_json: bool
 ) -> None:
-    """Validate CONTEXT and make this VM a Flower ROLE: TLS material, WireGuard, runtime config.
+    """Validate CONTEXT and make this VM a Flower ROLE: Flower release, TLS material, WireGuard,
+    runtime config. Starting Flower and reporting to OneGate is `flower-ctx bootstrap`.
 
-    Nothing changes when any variable is invalid (exit 2, one `NAME: message` line each). A re-run
-    with the same CONTEXT changes nothing and says "unchanged". With --root DIR every file is
-    written under DIR and system effects (network links, units, OneGate) are listed, not done.
+    Nothing changes when any variable is invalid (exit 2, one `NAME: message` line each; the
+    variables are listed by `flower-ctx context reference`). A re-run with the same CONTEXT changes
+    nothing and says "unchanged". --dry-run exits 0 when nothing would change and 1 when changes are
+    pending. With --root DIR every file is written under DIR and system effects (the wg0 link,
+    IP forwarding, pip) are listed, not done.
     """
     paths = paths_for(root)
     config, _src, _table = load_validated(role, context_file, use_env, paths)
@@ -103,8 +106,11 @@ def command(
         results = run_steps(config, paths, dry_run=True)
     else:
         if paths.staged:
-            ensure_dir(paths.root, 0o755)
+            paths.root.mkdir(parents=True, exist_ok=True)  # an existing root keeps its mode
         with machine_lock(paths):
+            # Temp files of a run killed mid-write never hold a live file: drop them (keys included).
+            for d in (paths.certs_dir, paths.config_dir, paths.wg_dir, paths.agent_dir):
+                remove_stale_temps(d)
             results = run_steps(config, paths, dry_run=False)
     warnings = list(config.warnings) + [w for r in results for w in r.warnings]
     pending = any(c.pending for r in results for c in r.changes)

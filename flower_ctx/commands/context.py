@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..reference import markdown, one_apps, user_inputs
-from ._common import context_option, echo_warnings, env_option, load_validated, paths_for, role_option, root_option
+from ._common import context_option, echo_warnings, env_option, load_validated, paths_for, read_root_option, role_option
 
 
 @click.group("context")
@@ -16,11 +16,19 @@ def command() -> None:
     """Check a CONTEXT, or print the reference generated from the variable registry."""
 
 
-@command.command("check")
+def _variables_epilog() -> str:
+    from ..variables import REGISTRY
+
+    names = ", ".join(v.name for v in REGISTRY)
+    return (f"Variables (each also accepted as ONEAPP_<NAME>): {names}. "
+            "Types, defaults and rules: `flower-ctx context reference` or docs/context-variables.md.")
+
+
+@command.command("check", epilog=_variables_epilog())
 @role_option
 @context_option
 @env_option
-@root_option
+@read_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print the effective values as JSON.")
 def check(role: str, context_file: Path | None, use_env: bool, root: Path | None, as_json: bool) -> None:
     """Validate CONTEXT for ROLE and print each variable's effective value and where it came from.

@@ -12,14 +12,14 @@ from ..doctor import PROBLEM, WARNING, run_checks
 from ..errors import EXIT_FAILED, FlowerCtxError
 from ..inspect import detect_role
 from ..variables import all_names
-from ._common import ROLES, context_option, env_option, paths_for, root_option
+from ._common import ROLES, context_option, env_option, paths_for, read_root_option
 
 
 @click.command("doctor")
 @click.option("--role", type=click.Choice(ROLES), default=None, help="Role to check (default: the one configured).")
 @context_option
 @env_option
-@root_option
+@read_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
 def command(role: str | None, context_file: Path | None, use_env: bool, root: Path | None, as_json: bool) -> None:
     """Diagnose CONTEXT, certificates, the SuperLink link (CA and SAN mismatches), WireGuard, keepalive

@@ -11,7 +11,7 @@ import click
 
 from ..errors import FlowerCtxError
 from ..inspect import detect_role, facts
-from ._common import ROLES, paths_for, root_option
+from ._common import ROLES, paths_for, read_root_option
 
 
 def _age(seconds: float | None) -> str:
@@ -68,7 +68,7 @@ def render(f: dict[str, Any]) -> list[str]:
 
 @click.command("status")
 @click.option("--role", type=click.Choice(ROLES), default=None, help="Role to show (default: the one configured).")
-@root_option
+@read_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print stable JSON (see docs/json-output.md).")
 def command(role: str | None, root: Path | None, as_json: bool) -> None:
     """Show role, Flower version, service state, endpoint, TLS, WireGuard, keepalive and the last OneGate report."""
