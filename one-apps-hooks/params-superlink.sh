@@ -12,7 +12,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_SSL_CERTFILE' 'configure' 'Base64 of the PEM server certificate (chain allowed) for operator PKI.' 'O|text64'
     'ONEAPP_FL_SSL_KEYFILE' 'configure' 'Base64 of the PEM private key of FL_SSL_CERTFILE.' 'O|text64'
     'ONEAPP_FL_CERT_EXTRA_SAN' 'configure' 'Extra names for the generated server certificate, comma-separated IP:a.b.c.d, IP:v6 or DNS:name (tunnel, public or NAT addresses SuperNodes dial). Ignored under operator PKI.' 'O|text'
-    'ONEAPP_FL_DATABASE' 'configure' 'SuperLink state database, relative to /opt/flower ([A-Za-z0-9._/-], no ..).' 'O|text'
+    'ONEAPP_FL_DATABASE' 'configure' 'SuperLink state database under /opt/flower/state, as state/NAME ([A-Za-z0-9._/-], no ..).' 'O|text'
     'ONEAPP_FL_WG_ENABLED' 'configure' 'Bring up the WireGuard interface wg0.' 'O|boolean'
     'ONEAPP_FL_WG_ADDRESS' 'configure' 'This VMs tunnel address with prefix, e.g. 10.10.9.0/31 or 10.10.9.1/24; required when enabled.' 'O|text'
     'ONEAPP_FL_WG_PRIVATE_KEY' 'configure' 'WireGuard private key (base64, as from `wg genkey`). Empty: generated once on the VM, kept across reboots, never leaves it.' 'O|password'
