@@ -170,7 +170,8 @@ REGISTRY: tuple[Variable, ...] = (
         v.san_list, display=_sans_display, group="tls",
     ),
     Variable(
-        "FL_DATABASE", L, "text", "SuperLink state database under /opt/flower/state, as state/NAME ([A-Za-z0-9._/-], no '..').",
+        "FL_DATABASE", L, "text",
+        "SuperLink state database under /opt/flower/state, as state/NAME ([A-Za-z0-9._/-], no '..').",
         v.relative_path, default="state/state.db",
     ),
     Variable(
