@@ -79,6 +79,26 @@ def _tcp(hp: HostPort, timeout: float) -> str | None:
         return exc.strerror or str(exc)
 
 
+def _supernode_exit_cause(
+    config: Config, doc: dict[str, Any], paths: Paths, timeout: float
+) -> tuple[str, str] | None:
+    """The TLS problem (CA or name mismatch, expired certificate) the SuperLink shows this SuperNode,
+    if any, as (message, probe kind); None when it verifies, cannot be reached, or TLS is off."""
+    from .probe import ProbeKind, probe_tls
+
+    target = runtime_target(doc)
+    if target is None or not config.tls_enabled:
+        return None
+    try:
+        ca = paths.ca_cert.read_bytes()
+    except OSError:
+        return None
+    result = probe_tls(target.host, target.port, ca, timeout=timeout)
+    if result.ok or result.kind is ProbeKind.UNREACHABLE:
+        return None
+    return result.message, result.kind.value
+
+
 def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: float = 3.0) -> Health:
     from .probe import ProbeKind, probe_tls
 
@@ -88,7 +108,12 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
         return Health(False, f"no runtime config at {paths.runtime_config(role)}: run flower-ctx configure first")
     state = supervisor.state(role)
     if not state.running:
-        return Health(False, f"the Flower {role} is not running ({state.detail}); see its log")
+        down = f"the Flower {role} is not running ({state.detail}); see its log"
+        # A SuperNode that exits at once usually failed its TLS handshake: name that cause first.
+        cause = _supernode_exit_cause(config, doc, paths, timeout) if config.role is Role.SUPERNODE else None
+        if cause is None:
+            return Health(False, down)
+        return Health(False, f"{cause[0]}; {down}", kind=cause[1])
     if config.role is Role.SUPERLINK:
         target = superlink_dial_address(config, doc)
     else:

@@ -223,7 +223,7 @@ def test_rerun_with_the_same_context_changes_nothing(net: Net) -> None:
         name: (
             wg_go_pid(vm),
             vm.run(["cat", "/sys/class/net/wg0/ifindex"]).stdout,
-            wg_show(vm, "latest-handshakes"),
+            sorted(wg_show(vm, "latest-handshakes").splitlines()),  # wg lists peers in no fixed order
             udp_inodes(vm, 51820),
         )
         for name, (vm, _, _) in vms.items()
@@ -251,7 +251,7 @@ def test_rerun_with_the_same_context_changes_nothing(net: Net) -> None:
         after = (
             wg_go_pid(vm),
             vm.run(["cat", "/sys/class/net/wg0/ifindex"]).stdout,
-            wg_show(vm, "latest-handshakes"),
+            sorted(wg_show(vm, "latest-handshakes").splitlines()),  # wg lists peers in no fixed order
             udp_inodes(vm, 51820),
         )
         assert after == before[name]  # same daemon, same interface, no handshake reset, port not rebound

@@ -147,6 +147,9 @@ def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) 
     # An appliance does not phone home; both are read when flwr is imported.
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
+    # Flower's SuperLink would otherwise `uv sync` every app's dependencies from the internet at run
+    # time: an appliance runs apps with what its virtualenv provides.
+    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     return env  # type: ignore[return-value]
 
 

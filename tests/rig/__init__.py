@@ -2,14 +2,16 @@
 
 A simulated VM is a network namespace plus a private mount namespace held by a long-lived holder
 process. Inside it, tmpfs mounts cover what a VM owns (``/run`` with ``/run/wireguard`` and
-``/run/one-context``, ``/opt``, ``/etc/wireguard``, ``/etc/flower-ctx``) and an overlay with a
-tmpfs upper layer covers ``/etc``, so the real ``flower-ctx`` runs unmodified inside
-(``nsenter -t HOLDER -n -m``) and nothing it writes reaches the host. ``/tmp`` stays shared, which is
+``/run/one-context``, ``/opt``, ``/etc/wireguard``, ``/etc/flower-ctx``) and overlays with a
+tmpfs upper layer cover ``/etc`` and ``/root`` (Flower keeps its apps in ``~/.flwr``), so the real
+``flower-ctx`` runs unmodified inside (``nsenter -t HOLDER -n -m``) and nothing it writes reaches the
+host. ``/tmp`` stays shared, which is
 how tests hand files in.
 
-VMs sit in zones: each VM's ``eth0`` is a veth to a router namespace (the simulated WAN), zone i
-being 198.18.i.0/24 (benchmarking range, never routed anywhere: nothing touches the host's
-interfaces). Everything is removed by PID and by name, even when a test fails, and namespaces a
+VMs sit in zones: each VM's ``eth0`` is a veth to a per-zone bridge ``bzI`` in a router namespace
+(the simulated WAN), zone i being 198.18.i.0/24 with the router at .1 and the zone's VMs at .2, .3,
+... in the order they are added (benchmarking range, never routed anywhere: nothing touches the
+host's interfaces). Everything is removed by PID and by name, even when a test fails, and namespaces a
 crashed run left behind (same prefix, owner PID dead) are removed when the next rig starts.
 """
 
@@ -33,6 +35,8 @@ mkdir -p /etc/wireguard /etc/flower-ctx
 mount -t tmpfs -o mode=0700,size=4m rig-wg /etc/wireguard
 mount -t tmpfs -o mode=0755,size=4m rig-ctx /etc/flower-ctx
 mount -t tmpfs -o mode=0755,size=256m rig-opt /opt
+mkdir -p /run/.rig/rupper /run/.rig/rwork
+mount -t overlay rig-home -o lowerdir=/root,upperdir=/run/.rig/rupper,workdir=/run/.rig/rwork /root
 mkdir -p /opt/flower
 ip link set lo up
 echo ready
@@ -97,18 +101,19 @@ class SimVM:
     """One simulated VM. ``run`` executes a command inside it; files are reachable from the host
     through ``/proc/HOLDER/root``."""
 
-    def __init__(self, netns: str, name: str, zone: int) -> None:
+    def __init__(self, netns: str, name: str, zone: int, host: int = 2) -> None:
         self.netns, self.name, self.zone = netns, name, zone
-        self.eth0_ip = ipaddress.ip_address(f"198.18.{zone}.2")
+        self.eth0_ip = ipaddress.ip_address(f"198.18.{zone}.{host}")
         self.gateway = ipaddress.ip_address(f"198.18.{zone}.1")
         _ip("netns", "add", netns)
-        self.holder = subprocess.Popen(
+        self.holder: subprocess.Popen[bytes] | None = subprocess.Popen(
             ["ip", "netns", "exec", netns, "sh", "-c", HOLDER_SCRIPT],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        self._pid = self.holder.pid
         assert self.holder.stdout is not None
         line = self.holder.stdout.readline()
         if line.strip() != b"ready":
@@ -116,9 +121,19 @@ class SimVM:
             self.destroy()
             raise RuntimeError(f"rig holder for {name} failed: {err.decode(errors='replace')}")
 
+    @classmethod
+    def attach(cls, netns: str, name: str, zone: int, host: int, pid: int) -> SimVM:
+        """A handle on a VM another process created (e.g. the lab's ``up``), by its holder PID."""
+        vm = cls.__new__(cls)
+        vm.netns, vm.name, vm.zone, vm._pid = netns, name, zone, pid
+        vm.eth0_ip = ipaddress.ip_address(f"198.18.{zone}.{host}")
+        vm.gateway = ipaddress.ip_address(f"198.18.{zone}.1")
+        vm.holder = None
+        return vm
+
     @property
     def pid(self) -> int:
-        return self.holder.pid
+        return self._pid
 
     def prefix(self) -> list[str]:
         return ["nsenter", "-t", str(self.pid), "-n", "-m", "--"]
@@ -158,6 +173,9 @@ class SimVM:
 
     def destroy(self) -> None:
         remove_netns(self.netns)
+        if self.holder is None:  # attached: not our child, killed by PID above or here
+            _kill_pids([self._pid] if _pid_alive(self._pid) else [])
+            return
         if self.holder.poll() is None:
             _kill_pids([self.holder.pid])
         try:
@@ -190,12 +208,43 @@ class Rig:
             self.close()
             raise
 
+    @classmethod
+    def attach(cls, prefix: str, tag: str, vms: Sequence[SimVM]) -> Rig:
+        """A handle on a rig another process built (no leftover sweep: its creator may be gone)."""
+        rig = cls.__new__(cls)
+        rig.prefix, rig.tag, rig.router = prefix, tag, f"{tag}-wan"
+        rig.vms = {vm.name: vm for vm in vms}
+        return rig
+
+    def router_run(self, *cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """A command inside the router namespace (nft, sysctl, conntrack, ip)."""
+        proc = subprocess.run(["ip", "netns", "exec", self.router, *cmd], capture_output=True, text=True,
+                              input=input, timeout=60)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"[router] {' '.join(cmd)} -> {proc.returncode}: {proc.stderr}")
+        return proc
+
+    def bridge(self, zone: int) -> str:
+        """The zone's segment in the router namespace (created with the zone's first VM)."""
+        return f"bz{zone}"
+
+    def _ensure_zone(self, zone: int, mtu: int) -> None:
+        br = self.bridge(zone)
+        if _ip("-n", self.router, "link", "show", br, check=False).returncode == 0:
+            return
+        _ip("-n", self.router, "link", "add", br, "mtu", str(mtu), "type", "bridge")
+        _ip("-n", self.router, "addr", "add", f"198.18.{zone}.1/24", "dev", br)
+        _ip("-n", self.router, "link", "set", br, "up")
+
     def add_vm(self, name: str, zone: int, mtu: int = 1500) -> SimVM:
-        """A VM in zone ``zone`` (1..250): eth0 198.18.zone.2/24, default route via the WAN router."""
+        """A VM in zone ``zone`` (1..250): eth0 198.18.zone.N/24 (N = 2 for the zone's first VM, then 3,
+        ...), default route via the WAN router at 198.18.zone.1."""
         assert name not in self.vms and 1 <= zone <= 250 and len(name) <= 12
-        vm = SimVM(f"{self.tag}-{name}", name, zone)
+        host = 2 + sum(1 for vm in self.vms.values() if vm.zone == zone)
+        vm = SimVM(f"{self.tag}-{name}", name, zone, host)
         self.vms[name] = vm
         try:
+            self._ensure_zone(zone, mtu)
             rside = f"r{name}"
             _ip(
                 "-n",
@@ -215,7 +264,7 @@ class Rig:
                 "netns",
                 vm.netns,
             )
-            _ip("-n", self.router, "addr", "add", f"{vm.gateway}/24", "dev", rside)
+            _ip("-n", self.router, "link", "set", rside, "master", self.bridge(zone))
             _ip("-n", self.router, "link", "set", rside, "up")
             _ip("-n", vm.netns, "addr", "add", f"{vm.eth0_ip}/24", "dev", "eth0")
             _ip("-n", vm.netns, "link", "set", "eth0", "up")

@@ -1,0 +1,1 @@
+"""A tiny numpy-only Flower app for the flower-ctx three-zone lab."""
