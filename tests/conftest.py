@@ -71,3 +71,17 @@ def _no_onegate_token_in_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None
 
     text = caplog.text
     assert not any(t in text for t in ISSUED_TOKENS), "a OneGate token appears in the logs"
+
+
+@pytest.fixture
+def no_token_in_output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    """For modules that exercise OneGate: no issued token in DEBUG logs (urllib3's and ours included)
+    or in anything printed. Used with ``pytestmark = pytest.mark.usefixtures("no_token_in_output")``."""
+    import logging
+
+    from tests.onegate_server import assert_no_token
+
+    caplog.set_level(logging.DEBUG)
+    yield
+    out, err = capfd.readouterr()
+    assert_no_token(caplog.text, out, err)

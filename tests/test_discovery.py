@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import select
 import subprocess
@@ -28,12 +27,8 @@ from tests.onegate_server import FakeVM, OneGateServer, access_for, assert_no_to
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def _no_token_in_output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    caplog.set_level(logging.DEBUG)
-    yield
-    out, err = capfd.readouterr()
-    assert_no_token(caplog.text, out, err)
+# Every test here: no issued token in DEBUG logs or in anything printed (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_token_in_output")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ limits and each status code; plus checks that the double itself behaves like the
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from urllib.parse import parse_qs
 
@@ -28,13 +27,8 @@ from flower_ctx.onegate import (
 )
 from tests.onegate_server import OneGateServer, access_for, assert_no_token, make_ca_pem
 
-
-@pytest.fixture(autouse=True)
-def _no_token_in_output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    caplog.set_level(logging.DEBUG)  # urllib3 and flower_ctx debug lines included in the scan
-    yield
-    out, err = capfd.readouterr()
-    assert_no_token(caplog.text, out, err)
+# Every test here: no issued token in DEBUG logs or in anything printed (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_token_in_output")
 
 
 @pytest.fixture(scope="module")

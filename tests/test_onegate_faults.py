@@ -4,7 +4,6 @@ reports the degraded state instead of failing."""
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +18,8 @@ from tests.onegate_server import FakeVM, OneGateServer, access_for, assert_no_to
 SLACK = 0.35
 
 
-@pytest.fixture(autouse=True)
-def _no_token_in_output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    caplog.set_level(logging.DEBUG)
-    yield
-    out, err = capfd.readouterr()
-    assert_no_token(caplog.text, out, err)
+# Every test here: no issued token in DEBUG logs or in anything printed (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_token_in_output")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import base64
 import dataclasses
 import hashlib
 import ipaddress
-import logging
 from collections.abc import Iterator
 
 import pytest
@@ -28,17 +27,13 @@ from flower_ctx.readiness import (
     supernode_attrs,
 )
 from tests.factories import make_config, make_wg
-from tests.onegate_server import FakeVM, OneGateServer, access_for, assert_no_token, make_ca_pem
+from tests.onegate_server import FakeVM, OneGateServer, access_for, make_ca_pem
 
 WG_PUB = base64.b64encode(bytes(range(32))).decode()
 
 
-@pytest.fixture(autouse=True)
-def _no_token_in_output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
-    caplog.set_level(logging.DEBUG)
-    yield
-    out, err = capfd.readouterr()
-    assert_no_token(caplog.text, out, err)
+# Every test here: no issued token in DEBUG logs or in anything printed (fixture in tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("no_token_in_output")
 
 
 @pytest.fixture(scope="module")
