@@ -260,29 +260,15 @@ def _tls_rules(
         if ca_raw is not None:
             _load_ca(ca_raw, ca_n, c, now)
         if cert_raw is not None:
-            try:
-                pem.load_certs(cert_raw)
-            except pem.PemError as exc:
-                c.err(cert_n, str(exc))
+            _load(pem.load_certs, cert_raw, cert_n, c)
         if key_raw is not None:
-            try:
-                pem.load_private_key(key_raw)
-            except pem.PemError as exc:
-                c.err(key_n, str(exc))
+            _load(pem.load_private_key, key_raw, key_n, c)
         return PkiMaterial()
     if ca_raw is None or cert_raw is None or key_raw is None:
         return PkiMaterial()  # their own errors are already reported
     ca_cert = _load_ca(ca_raw, ca_n, c, now)
-    try:
-        chain = pem.load_certs(cert_raw)
-    except pem.PemError as exc:
-        c.err(cert_n, str(exc))
-        chain = None
-    try:
-        key = pem.load_private_key(key_raw)
-    except pem.PemError as exc:
-        c.err(key_n, str(exc))
-        key = None
+    chain = _load(pem.load_certs, cert_raw, cert_n, c)
+    key = _load(pem.load_private_key, key_raw, key_n, c)
     if chain is not None:
         problem = pem.validity_problem(chain[0], now)
         if problem:
@@ -302,13 +288,22 @@ def _tls_rules(
     return PkiMaterial(ca_pem=ca_raw, cert_pem=cert_raw, key_pem=Secret(key_raw))
 
 
-def _load_ca(raw: bytes, name: str, c: _Collector, now: datetime.datetime | None) -> Any:
+def _load(loader: Any, raw: bytes, name: str, c: _Collector) -> Any:
+    """``loader(raw)``, or None with the PEM problem recorded against ``name``."""
     from . import pem
 
     try:
-        certs = pem.load_certs(raw)
+        return loader(raw)
     except pem.PemError as exc:
         c.err(name, str(exc))
+        return None
+
+
+def _load_ca(raw: bytes, name: str, c: _Collector, now: datetime.datetime | None) -> Any:
+    from . import pem
+
+    certs = _load(pem.load_certs, raw, name, c)
+    if certs is None:
         return None
     ca = certs[0]
     if len(certs) > 1:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FlowerCtxError
-from .health import runtime_doc, superlink_dial_address
+from .health import probe_with_local_ca, runtime_doc, superlink_dial_address, tcp_error
 from .inspect import EXPIRY_WARN_DAYS, cert_info, wg_status
 from .model import Config, HostPort, Role
 from .paths import Paths
@@ -98,8 +98,6 @@ def _cert_checks(label: str, path: Path, now: datetime.datetime) -> Iterator[Che
 
 
 def _superlink_tls(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
-    from .probe import probe_tls
-
     now = datetime.datetime.now(datetime.timezone.utc)
     target = superlink_dial_address(config, doc)
     if not config.tls_enabled:
@@ -117,11 +115,9 @@ def _superlink_tls(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
                         "run flower-ctx configure (it re-issues the certificate when the SAN set changes)")
         else:
             yield Check("server sans", OK, ",".join(info.sans))
-    try:
-        ca = paths.ca_cert.read_bytes()
-    except OSError:
+    result = probe_with_local_ca(paths, target, 3.0)
+    if result is None:
         return
-    result = probe_tls(target.host, target.port, ca, timeout=3.0)
     if result.ok:
         yield Check("fleet api", OK, f"{target} answers TLS verified with this SuperLink's CA")
     else:
@@ -129,7 +125,7 @@ def _superlink_tls(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
 
 
 def _supernode_link(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
-    from .probe import ProbeKind, probe_tls
+    from .probe import ProbeKind
 
     target = _target(doc)
     if target is None:
@@ -138,19 +134,15 @@ def _supernode_link(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
                     "OneFlow service with TOKEN=YES")
         return
     if not config.tls_enabled:
-        from .health import _tcp
-
-        err = _tcp(target, 3.0)
+        err = tcp_error(target, 3.0)
         yield (Check("superlink", OK, f"{target} accepts connections (TLS off)") if err is None else
                Check("superlink", PROBLEM, f"{target} unreachable: {err}", _unreachable_fix(config, paths)))
         return
     now = datetime.datetime.now(datetime.timezone.utc)
     yield from _cert_checks("ca", paths.ca_cert, now)
-    try:
-        ca = paths.ca_cert.read_bytes()
-    except OSError:
+    result = probe_with_local_ca(paths, target, 3.0)
+    if result is None:
         return
-    result = probe_tls(target.host, target.port, ca, timeout=3.0)
     if result.ok:
         yield Check("superlink", OK, f"{target} verified with the configured CA")
         return

@@ -71,7 +71,19 @@ def superlink_dial_address(config: Config, doc: dict[str, Any] | None) -> HostPo
     return HostPort("127.0.0.1", port)
 
 
-def _tcp(hp: HostPort, timeout: float) -> str | None:
+def probe_with_local_ca(paths: Paths, target: HostPort, timeout: float) -> Any:
+    """Handshake with ``target`` trusting this VM's ca.crt; the ProbeResult, or None without a CA."""
+    from .probe import probe_tls
+
+    try:
+        ca = paths.ca_cert.read_bytes()
+    except OSError:
+        return None
+    return probe_tls(target.host, target.port, ca, timeout=timeout)
+
+
+def tcp_error(hp: HostPort, timeout: float) -> str | None:
+    """None when ``hp`` accepts a TCP connection, else the OS error."""
     try:
         with socket.create_connection((hp.host, hp.port), timeout=timeout):
             return None
@@ -84,23 +96,19 @@ def _supernode_exit_cause(
 ) -> tuple[str, str] | None:
     """The TLS problem (CA or name mismatch, expired certificate) the SuperLink shows this SuperNode,
     if any, as (message, probe kind); None when it verifies, cannot be reached, or TLS is off."""
-    from .probe import ProbeKind, probe_tls
+    from .probe import ProbeKind
 
     target = runtime_target(doc)
     if target is None or not config.tls_enabled:
         return None
-    try:
-        ca = paths.ca_cert.read_bytes()
-    except OSError:
-        return None
-    result = probe_tls(target.host, target.port, ca, timeout=timeout)
-    if result.ok or result.kind is ProbeKind.UNREACHABLE:
+    result = probe_with_local_ca(paths, target, timeout)
+    if result is None or result.ok or result.kind is ProbeKind.UNREACHABLE:
         return None
     return result.message, result.kind.value
 
 
 def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: float = 3.0) -> Health:
-    from .probe import ProbeKind, probe_tls
+    from .probe import ProbeKind
 
     role = config.role.value
     doc = runtime_doc(paths, role)
@@ -122,16 +130,14 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
             return Health(False, "no SuperLink address yet (OneGate discovery has not found one)", waiting=True)
         target = found
     if not config.tls_enabled:
-        err = _tcp(target, timeout)
+        err = tcp_error(target, timeout)
         if err is None:
             return Health(True, f"{role} up; Fleet API {target} accepts connections (TLS off)")
         who = "Fleet API" if config.role is Role.SUPERLINK else "SuperLink"
         return Health(False, f"{who} {target} unreachable: {err}", waiting=config.role is Role.SUPERNODE)
-    try:
-        ca = paths.ca_cert.read_bytes()
-    except OSError:
+    result = probe_with_local_ca(paths, target, timeout)
+    if result is None:
         return Health(False, f"no CA at {paths.ca_cert}: run flower-ctx configure (or set FL_SSL_CA_CERTFILE)")
-    result = probe_tls(target.host, target.port, ca, timeout=timeout)
     if result.ok:
         if config.role is Role.SUPERLINK:
             return Health(True, f"Fleet API {target} answers TLS verified with its own CA", kind=result.kind.value)

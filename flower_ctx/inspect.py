@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import agentstate
+from .flowerversion import installed_version
 from .health import runtime_doc
 from .paths import Paths
 
@@ -18,15 +19,6 @@ def detect_role(paths: Paths) -> str | None:
     """The role configure set up here (the runtime config present); None when not configured."""
     found = [r for r in ROLES if paths.runtime_config(r).exists()]
     return found[0] if len(found) == 1 else None
-
-
-def installed_flower_version() -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version("flwr")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 @dataclass
@@ -87,7 +79,7 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
     out: dict[str, Any] = {
         "role": role,
         "configured": bool(doc),
-        "flower_version": {"configured": doc.get("flower_version"), "installed": installed_flower_version()},
+        "flower_version": {"configured": doc.get("flower_version"), "installed": installed_version()},
         "service": {"manager": state.manager, "running": state.running, "pid": state.pid, "detail": state.detail},
         "keepalive": doc.get("keepalive"),
         "tls": {"enabled": bool((doc.get("tls") or {}).get("enabled"))},

@@ -184,7 +184,7 @@ class BuiltinSupervisor(Supervisor):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                env=child_environment({"PATH": _path_with_venv()}),
+                env=child_environment(),  # `run` puts the virtualenv bin/ first on PATH itself
                 cwd="/",
             )
         finally:
@@ -224,13 +224,6 @@ class BuiltinSupervisor(Supervisor):
             self._pidfile(role).unlink()
         except FileNotFoundError:
             pass
-
-
-def _path_with_venv() -> str:
-    # Flower starts flower-superexec by name: the virtualenv's bin/ must come first.
-    venv_bin = str(Path(sys.executable).parent)
-    rest = [p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep) if p != venv_bin]
-    return os.pathsep.join([venv_bin, *rest])
 
 
 def systemd_is_init() -> bool:

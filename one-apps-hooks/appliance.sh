@@ -242,34 +242,29 @@ service_install() {
     _flower_say "install: done"
 }
 
-service_configure() {
+# Run `flower-ctx STEP` for this image's role; on failure write HINT to the report and return its
+# exit code (one-apps then records <step>_failure and never reports READY=YES).
+_flower_step() {
+    local step="$1" hint="$2" ok_state="$3" ctx rc=0
     _flower_check_role || return $?
-    local ctx rc=0
     ctx=$(_flower_ctx)
     _flower_args
-    _flower_say "configure: ${ctx} configure ${_flower_args_out[*]}"
-    "${ctx}" configure "${_flower_args_out[@]}" || rc=$?
+    _flower_say "${step}: ${ctx} ${step} ${_flower_args_out[*]}"
+    "${ctx}" "${step}" "${_flower_args_out[@]}" || rc=$?
     if [ "${rc}" -ne 0 ]; then
-        _flower_write_report "configure failed (exit ${rc}); see /var/log/one-appliance/configure.log" || true
+        _flower_write_report "${step} failed (exit ${rc}); ${hint}" || true
         return "${rc}"
     fi
-    _flower_write_report "configured" || return 1
+    _flower_write_report "${ok_state}" || return 1
+}
+
+service_configure() {
+    _flower_step configure "see /var/log/one-appliance/configure.log" "configured"
 }
 
 service_bootstrap() {
-    _flower_check_role || return $?
-    local ctx rc=0
-    ctx=$(_flower_ctx)
-    _flower_args
-    _flower_say "bootstrap: ${ctx} bootstrap ${_flower_args_out[*]}"
-    "${ctx}" bootstrap "${_flower_args_out[@]}" || rc=$?
-    if [ "${rc}" -ne 0 ]; then
-        # flower-ctx has published FL_READY=NO and FL_ERROR; returning non-zero keeps one-apps
-        # from reporting READY=YES (status bootstrap_failure).
-        _flower_write_report "bootstrap failed (exit ${rc}); run flower-ctx doctor" || true
-        return "${rc}"
-    fi
-    _flower_write_report "ready" || return 1
+    # On failure flower-ctx has already published FL_READY=NO and FL_ERROR itself.
+    _flower_step bootstrap "run flower-ctx doctor" "ready"
 }
 
 service_cleanup() {

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from ..errors import EXIT_BAD_INPUT, FlowerCtxError
+from ..flowerversion import installed_version as installed_flower_version
 from ..paths import Paths
 
 log = logging.getLogger("flower_ctx.run")
@@ -61,15 +62,6 @@ def parse_version(text: str) -> tuple[int, ...]:
     if match is None:
         return ()
     return tuple(int(g) for g in match.groups() if g is not None)
-
-
-def installed_flower_version() -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version("flwr")
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def check_flower_version(installed: str | None) -> str:
