@@ -63,8 +63,8 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
 
 
 def _template_checks(values: dict[str, str]) -> Iterator[Check]:
-    if values.get("REPORT_READY", "").upper() != "YES" or values.get("TOKEN", "").upper() != "YES":
-        missing = [n for n in ("TOKEN", "REPORT_READY") if values.get(n, "").upper() != "YES"]
+    missing = [n for n in ("TOKEN", "REPORT_READY") if values.get(n, "").lower() != "yes"]
+    if missing:
         yield Check("vm template", WARNING, f"CONTEXT has no {' and no '.join(f'{n}=YES' for n in missing)}",
                     "set CONTEXT TOKEN=YES and REPORT_READY=YES in the VM template so OneGate and OneFlow's "
                     "ready_status_gate work")
@@ -210,9 +210,11 @@ def _service_log_tail(paths: Paths, role: str) -> bytes:
             return out.stdout[-200_000:]
         except (OSError, subprocess.TimeoutExpired):
             return b""
+    from .files import read_tail
+
     try:
-        return (paths.flower_home / "run" / f"{role}.log").read_bytes()[-200_000:]
-    except OSError:
+        return read_tail(paths.flower_home / "run" / f"{role}.log", 200_000)
+    except (OSError, FlowerCtxError):
         return b""
 
 
@@ -228,7 +230,7 @@ def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
     if role == "supernode":
         from . import agentstate
 
-        disc = agentstate.read(paths, "discovered.json")
+        disc = agentstate.read_or_none(paths, "discovered.json")
         note = ("SuperLink found through OneGate (configured by flower-ctx: accepts pings every 10 s)" if disc else
                 "assumes the SuperLink runs flower-ctx (accepts pings every 10 s); a stock SuperLink answers "
                 "frequent pings with GOAWAY too_many_pings")

@@ -7,7 +7,6 @@ SuperLink answers a handshake that verifies with the configured CA.
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +27,10 @@ class Health:
 
 
 def runtime_doc(paths: Paths, role: str) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(paths.runtime_config(role).read_text())
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) else None
+    """The runtime configuration (None before configure); a damaged one raises RuntimeConfigError."""
+    from .runtime import read
+
+    return read(paths, role)
 
 
 def fleet_port(doc: dict[str, Any] | None) -> int:
@@ -73,11 +71,13 @@ def superlink_dial_address(config: Config, doc: dict[str, Any] | None) -> HostPo
 
 def probe_with_local_ca(paths: Paths, target: HostPort, timeout: float) -> Any:
     """Handshake with ``target`` trusting this VM's ca.crt; the ProbeResult, or None without a CA."""
+    from .errors import FlowerCtxError
+    from .files import read_file
     from .probe import probe_tls
 
     try:
-        ca = paths.ca_cert.read_bytes()
-    except OSError:
+        ca = read_file(paths.ca_cert)
+    except (OSError, FlowerCtxError):
         return None
     return probe_tls(target.host, target.port, ca, timeout=timeout)
 

@@ -17,7 +17,9 @@ EXPIRY_WARN_DAYS = 30
 
 def detect_role(paths: Paths) -> str | None:
     """The role configure set up here (the runtime config present); None when not configured."""
-    found = [r for r in ROLES if paths.runtime_config(r).exists()]
+    from .files import exists
+
+    found = [r for r in ROLES if exists(paths.runtime_config(r))]
     return found[0] if len(found) == 1 else None
 
 
@@ -34,13 +36,17 @@ class CertInfo:
 
 def cert_info(path: Any, now: datetime.datetime | None = None) -> CertInfo | None:
     from . import pem
+    from .errors import FlowerCtxError
+    from .files import read_file
 
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except FileNotFoundError:
         return None
     except OSError as exc:
         return CertInfo(str(path), problem=f"unreadable: {exc.strerror}")
+    except FlowerCtxError as exc:
+        return CertInfo(str(path), problem=str(exc))
     try:
         cert = pem.load_certs(data)[0]
     except pem.PemError as exc:
@@ -88,7 +94,7 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
         out["fleet_api_address"] = doc.get("fleet_api_address")
     else:
         out["superlink_address"] = doc.get("superlink_address")
-        disc = agentstate.read(paths, "discovered.json")
+        disc = agentstate.read_or_none(paths, "discovered.json")
         if disc:
             out["discovered"] = disc
     ca = cert_info(paths.ca_cert)
@@ -103,5 +109,8 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
         out["wireguard"] = wg.to_dict()
     else:
         out["wireguard"] = None
-    out["onegate"] = agentstate.read(paths, "publication.json")
+    try:
+        out["onegate"] = agentstate.read(paths, "publication.json")
+    except agentstate.StateFileError as exc:
+        out["onegate"] = {"time": 0, "published": False, "reason": str(exc)}
     return out

@@ -31,11 +31,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ApplyError
-from .files import Outcome, ensure_dir, write_file
+from .errors import ApplyError, FlowerCtxError
+from .files import Outcome, ensure_dir, exists, is_dir, read_file, write_file
 from .model import Config, HostPort, Role
 from .paths import Paths
 from .plan import Change, StepResult
+from .values import show
 
 SCHEMA = 1
 FLEET_API_ADDRESS = "0.0.0.0:9092"
@@ -90,6 +91,121 @@ def build_runtime_config(config: Config, paths: Paths, *, superlink_address: Hos
     return doc
 
 
+class RuntimeConfigError(FlowerCtxError):
+    """The runtime configuration on disk is missing a key or holds a value of the wrong kind:
+    damaged or not written by this flower-ctx. The message names the file and the fix."""
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_ISOLATIONS = ("subprocess", "process")
+_MAX_PATH = 4096
+
+
+def _path_ok(v: Any) -> bool:
+    return isinstance(v, str) and v.startswith("/") and 0 < len(v) <= _MAX_PATH and "\0" not in v and "\n" not in v
+
+
+def _int_ok(v: Any, lo: int, hi: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _address_ok(v: Any) -> bool:
+    from .values import Invalid, host_port
+
+    if not isinstance(v, str):
+        return False
+    try:
+        host_port(v)
+    except Invalid:
+        return False
+    return True
+
+
+def problems(doc: Any, role: str) -> list[str]:
+    """What is wrong with a runtime configuration read from disk ([] when it is usable). Every value
+    that reaches Flower's command line is checked here, so a damaged or planted file is refused
+    instead of being passed on."""
+    if not isinstance(doc, dict):
+        return ["not a JSON object"]
+    out: list[str] = []
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            out.append(f"{key}: {what}")
+
+    if doc.get("schema") != SCHEMA:
+        return [f"schema must be {SCHEMA} (written by another flower-ctx version?)"]
+    if doc.get("role") != role:
+        return [f"written for role {show(str(doc.get('role')))}, not {role!r}"]
+    need("flower_version", isinstance(doc.get("flower_version"), str) and len(doc["flower_version"]) < 40,
+         "must be a version string")
+    need("log_level", doc.get("log_level") in _LOG_LEVELS, "must be one of " + ", ".join(_LOG_LEVELS))
+    need("isolation", doc.get("isolation") in _ISOLATIONS, "must be one of " + ", ".join(_ISOLATIONS))
+    ka = doc.get("keepalive")
+    need("keepalive", isinstance(ka, dict) and _int_ok(ka.get("time_s"), 1, 7200)
+         and _int_ok(ka.get("timeout_s"), 1, 7200), "must hold time_s and timeout_s in seconds")
+    tls = doc.get("tls")
+    tls_ok = isinstance(tls, dict) and isinstance(tls.get("enabled"), bool)
+    if tls_ok and tls["enabled"]:
+        keys = ("ca_certfile", "certfile", "keyfile") if role == "superlink" else ("ca_certfile",)
+        tls_ok = all(_path_ok(tls.get(k)) for k in keys)
+    need("tls", tls_ok, "must hold enabled and the certificate paths")
+    http = doc.get("http_api")
+    need("http_api", isinstance(http, dict) and http.get("host") in ("127.0.0.1", "::1", "localhost")
+         and _int_ok(http.get("port"), 1, 65535), "must be a loopback host and a port")
+    hs = doc.get("health_server_address")
+    need("health_server_address", hs is None or _address_ok(hs), "must be null or host:port")
+    if role == "superlink":
+        need("fleet_api_address", _address_ok(doc.get("fleet_api_address")), "must be host:port")
+        need("state_dir", _path_ok(doc.get("state_dir")), "must be an absolute path")
+        need("database", _path_ok(doc.get("database")), "must be an absolute path")
+    else:
+        sa = doc.get("superlink_address")
+        need("superlink_address", sa is None or _address_ok(sa), "must be null or host:port")
+        nc = doc.get("node_config")
+        need("node_config", isinstance(nc, str) and node_config_ok(nc), "must be Flower node config text")
+        need("max_retries", _int_ok(doc.get("max_retries"), 0, 1_000_000), "must be a whole number")
+        need("max_wait_time", _int_ok(doc.get("max_wait_time"), 0, 31_536_000), "must be a whole number")
+    return out
+
+
+def node_config_ok(text: str) -> bool:
+    from .values import Invalid, node_config
+
+    if not text:
+        return True
+    try:
+        node_config(text)
+    except Invalid:
+        return False
+    return True
+
+
+def read(paths: Paths, role: str) -> dict[str, Any] | None:
+    """The runtime configuration of ``role`` on this machine; None when configure has not written
+    one. A damaged file raises RuntimeConfigError naming it (a re-run of configure rewrites it)."""
+    from .files import read_file
+
+    path = paths.runtime_config(role)
+    fix = f"run `flower-ctx configure --role {role}` to rewrite it"
+    try:
+        data = read_file(path)
+    except FileNotFoundError:
+        return None
+    except PermissionError:
+        raise RuntimeConfigError(f"{path}: permission denied (it is 0640 root:flower; run as root or flower)")
+    except OSError as exc:
+        raise RuntimeConfigError(f"{path}: cannot read it ({exc.strerror or exc})")
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise RuntimeConfigError(f"{path} is not valid JSON (damaged?): {fix}") from None
+    found = problems(doc, role)
+    if found:
+        raise RuntimeConfigError(f"{path} is damaged or not from this flower-ctx ({'; '.join(found[:3])}): {fix}")
+    return doc
+
+
 def render(doc: dict) -> bytes:
     """Stable bytes: sorted keys, so an unchanged configuration rewrites nothing."""
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
@@ -97,8 +213,8 @@ def render(doc: dict) -> bytes:
 
 def _planned_dir(path: Path, dry_run: bool, mode: int, owner: str | None) -> Change:
     if dry_run:
-        return Change(str(path), "unchanged" if path.is_dir() else "would-create", f"dir {mode:o}")
-    existed = path.is_dir()
+        return Change(str(path), "unchanged" if is_dir(path) else "would-create", f"dir {mode:o}")
+    existed = is_dir(path)
     changed = ensure_dir(path, mode, owner=owner)
     outcome = "created" if not existed else ("updated" if changed else "unchanged")
     return Change(str(path), outcome, f"dir {mode:o} {owner or ''}".strip())
@@ -106,10 +222,10 @@ def _planned_dir(path: Path, dry_run: bool, mode: int, owner: str | None) -> Cha
 
 def _planned_file(path: Path, content: bytes, dry_run: bool) -> Change:
     if dry_run:
-        if not path.exists():
+        if not exists(path):
             return Change(str(path), "would-create", "runtime config")
         try:
-            same = path.read_bytes() == content
+            same = read_file(path) == content
         except OSError:
             same = False
         return Change(str(path), "unchanged" if same else "would-update", "runtime config")

@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ApplyError
-from .files import ensure_dir, write_file
+from .errors import ApplyError, FlowerCtxError
+from .files import ensure_dir, open_for_append, read_file, unlink, write_file
 from .paths import Paths
 
 # Environment names a child must never inherit: the one-apps hook exports every CONTEXT variable,
@@ -62,8 +62,8 @@ def fingerprint_inputs(paths: Paths, role: str) -> str:
     h = hashlib.sha256()
     for p in (paths.runtime_config(role), paths.ca_cert, paths.server_cert, paths.server_key):
         try:
-            h.update(p.read_bytes())
-        except OSError:
+            h.update(read_file(p))
+        except (OSError, FlowerCtxError):
             h.update(b"-")
     return h.hexdigest()
 
@@ -83,8 +83,8 @@ class Supervisor:
 
     def needs_restart(self, role: str) -> bool:
         try:
-            return self._stamp(role).read_text().strip() != fingerprint_inputs(self.paths, role)
-        except OSError:
+            return read_file(self._stamp(role)).decode().strip() != fingerprint_inputs(self.paths, role)
+        except (OSError, UnicodeDecodeError, FlowerCtxError):
             return True
 
     def _record_inputs(self, role: str) -> None:
@@ -146,11 +146,9 @@ class BuiltinSupervisor(Supervisor):
 
     def _read_pid(self, role: str) -> int | None:
         try:
-            pid_s, start = self._pidfile(role).read_text().split()
-            pid = int(pid_s)
-        except (OSError, ValueError):
+            return read_pidfile(self._pidfile(role))
+        except (OSError, ValueError, FlowerCtxError):
             return None
-        return pid if proc_start_time(pid) == start else None
 
     def state(self, role: str) -> ServiceState:
         pid = self._read_pid(role)
@@ -175,7 +173,7 @@ class BuiltinSupervisor(Supervisor):
         argv = [sys.executable, "-m", "flower_ctx", "run", role]
         if self.paths.staged:
             argv += ["--root", str(self.paths.root)]
-        log = open(self.log_file(role), "ab")  # noqa: SIM115 - handed to the child
+        log = open_for_append(self.log_file(role))
         try:
             proc = subprocess.Popen(
                 argv,
@@ -188,7 +186,7 @@ class BuiltinSupervisor(Supervisor):
                 cwd="/",
             )
         finally:
-            log.close()
+            os.close(log)
         start = None
         for _ in range(50):  # /proc entry appears at once, but be patient under load
             start = proc_start_time(proc.pid)
@@ -220,10 +218,17 @@ class BuiltinSupervisor(Supervisor):
                 os.killpg(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        try:
-            self._pidfile(role).unlink()
-        except FileNotFoundError:
-            pass
+        unlink(self._pidfile(role))
+
+
+def read_pidfile(path: Path) -> int | None:
+    """The pid a ``pid starttime`` file names, when that process still runs (not a recycled pid)."""
+    text = read_file(path, limit=256).decode("ascii")
+    pid_s, start = text.split()
+    if not (pid_s.isascii() and pid_s.isdigit() and len(pid_s) < 10):
+        return None
+    pid = int(pid_s)
+    return pid if proc_start_time(pid) == start else None
 
 
 def systemd_is_init() -> bool:
@@ -237,11 +242,9 @@ def systemd_is_init() -> bool:
 def for_machine(paths: Paths) -> Supervisor:
     """systemd when it runs this machine (and we are not staging), else the built-in supervisor.
 
-    FLOWER_CTX_SUPERVISOR=builtin forces the built-in one: simulated VMs share the host's PID 1.
+    Decided from the machine alone (no environment variable can switch it): a simulated VM of the
+    test rigs has its own empty /run, so it has no /run/systemd/system either.
     """
-    forced = os.environ.get("FLOWER_CTX_SUPERVISOR")
-    if forced == "builtin":
-        return BuiltinSupervisor(paths)
-    if forced == "systemd" or (not paths.staged and systemd_is_init()):
+    if not paths.staged and systemd_is_init():
         return SystemdSupervisor(paths)
     return BuiltinSupervisor(paths)

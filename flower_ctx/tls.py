@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import pem
 from .errors import ApplyError
-from .files import Outcome, ensure_dir, remove_stale_temps, write_file
+from .files import Outcome, ensure_dir, exists, is_dir, read_file, remove_stale_temps, unlink, write_file
 from .model import Config, IPAddress, Role, SanEntry
 from .paths import Paths
 from .plan import Change, StepResult
@@ -276,9 +276,11 @@ class _Pair:
 
 def _read(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        return read_file(path)
     except FileNotFoundError:
         return None
+    except ApplyError as exc:
+        raise TlsError(str(exc)) from None
     except OSError as exc:
         raise TlsError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -363,7 +365,7 @@ def _server_problem(
 def _mode_owner_ok(path: Path, mode: int, owner: str | None) -> bool:
     import pwd
 
-    st = path.stat()
+    st = path.lstat()
     if st.st_mode & 0o7777 != mode:
         return False
     if owner is not None and os.geteuid() == 0:  # only root can chown: files.write_file skips it too
@@ -386,7 +388,7 @@ def _put(
 ) -> None:
     """Write (or, dry-run, plan) one file and record the Change."""
     if dry_run:
-        if not path.exists():
+        if not exists(path):
             outcome = "would-create"
         elif _read(path) != content:
             outcome = "would-update"
@@ -405,27 +407,23 @@ def _put(
 
 
 def _remove(result: StepResult, path: Path, *, detail: str, dry_run: bool) -> None:
-    if not path.exists():
+    if not exists(path):
         return
     if dry_run:
         result.changes.append(Change(str(path), "would-remove", detail))
         return
-    try:
-        path.unlink()
-    except FileNotFoundError:
+    if not unlink(path):
         return
-    except OSError as exc:
-        raise TlsError(f"cannot remove {path}: {exc.strerror}") from None
     result.changes.append(Change(str(path), "removed", detail))
     log.info("%s: removed (%s)", path, detail)
 
 
 def _prepare_dir(result: StepResult, paths: Paths, dry_run: bool) -> None:
     if dry_run:
-        if not paths.certs_dir.is_dir():
+        if not is_dir(paths.certs_dir):
             result.changes.append(Change(str(paths.certs_dir), "would-create"))
         return
-    existed = paths.certs_dir.is_dir()
+    existed = is_dir(paths.certs_dir)
     if ensure_dir(paths.certs_dir, CERTS_DIR_MODE, owner="root", group="root"):
         result.changes.append(Change(str(paths.certs_dir), "updated" if existed else "created"))
     # A killed run may have left a complete temp file (possibly a key): never keep it around.

@@ -24,7 +24,7 @@ from tests.tls_helpers import Issued, build_ca, build_server
 
 pytestmark = [requires_netns, requires_flower, pytest.mark.root, pytest.mark.netns, pytest.mark.flower,
               pytest.mark.slow]
-ENV = {"FLOWER_CTX_SUPERVISOR": "builtin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 NOW = datetime.datetime.now(datetime.timezone.utc)
 
 

@@ -20,7 +20,7 @@ from tests.rig import Rig, SimVM, write_context
 pytestmark = [requires_netns, requires_flower, pytest.mark.root, pytest.mark.netns, pytest.mark.flower,
               pytest.mark.slow]
 
-ENV = {"FLOWER_CTX_SUPERVISOR": "builtin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
 
 def flower_ctx(vm: SimVM, *args: str, check: bool = True, timeout: float = 180) -> str:

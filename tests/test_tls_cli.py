@@ -29,12 +29,13 @@ def write_context(path: Path, values: dict[str, str]) -> Path:
     return path
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k != "FLOWER_CTX_FAULT_AT"}
+def cli(*args: str, env: dict[str, str] | None = None, kill_at_write: int | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    launcher = ["-m", "flower_ctx.cli"] if kill_at_write is None else ["-m", "tests.faults", str(kill_at_write)]
     return subprocess.run(
-        [sys.executable, "-m", "flower_ctx.cli", *args],
+        [sys.executable, *launcher, *args],
         cwd=REPO,
-        env={**base, **(env or {})},
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=120,
@@ -42,9 +43,10 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 
 def configure(
-    ctx: Path, root: Path, *extra: str, env: dict[str, str] | None = None
+    ctx: Path, root: Path, *extra: str, env: dict[str, str] | None = None, kill_at_write: int | None = None
 ) -> subprocess.CompletedProcess[str]:
-    return cli("configure", "--role", "superlink", "--context", str(ctx), "--root", str(root), *extra, env=env)
+    return cli("configure", "--role", "superlink", "--context", str(ctx), "--root", str(root), *extra, env=env,
+               kill_at_write=kill_at_write)
 
 
 def tree(root: Path) -> dict[str, tuple[bytes, int, int]]:
@@ -98,7 +100,7 @@ def test_crash_at_each_write_of_a_configure_run(tmp_path: Path) -> None:
         n += 1
         assert n < 30, "configure never completed"
         root = tmp_path / f"root-{n}"
-        proc = configure(ctx, root, env={"FLOWER_CTX_FAULT_AT": str(n)})
+        proc = configure(ctx, root, kill_at_write=n)
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-1500:]

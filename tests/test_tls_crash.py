@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL a real TLS apply at each file write, then show the next run converges.
 
-The child process runs ``flower_ctx.tls.apply`` with ``FLOWER_CTX_FAULT_AT=N`` (the atomic-write
-helper kills the process at its N-th write, after the temp file is complete and before the rename).
+The child process runs ``flower_ctx.tls.apply`` with ``tests.faults.kill_at_write(N)`` installed (the
+process is killed at its N-th write, after the temp file is complete and before the rename).
 After each kill, every file on disk must be whole (old or new, never truncated), and a normal run
 must leave a consistent pair set: keys match certificates, the server chains to the CA, and a CA
 that existed before the crash is byte-identical.
@@ -10,7 +10,6 @@ that existed before the crash is byte-identical.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,6 +29,9 @@ from tests.test_tls import assert_consistent
 CHILD = """
 import json, pathlib, sys
 from flower_ctx import tls
+from tests.faults import kill_at_write
+if sys.argv[3] != "-":
+    kill_at_write(int(sys.argv[3]))
 from flower_ctx.paths import Paths
 from tests.test_tls_crash import config_for
 r = tls.apply(config_for(json.loads(sys.argv[2])), Paths(pathlib.Path(sys.argv[1])))
@@ -50,13 +52,9 @@ def config_for(spec: dict[str, Any]) -> Any:
 
 
 def run_child(root: Path, spec: dict[str, Any], fault_at: int | None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "FLOWER_CTX_FAULT_AT"}
-    if fault_at is not None:
-        env["FLOWER_CTX_FAULT_AT"] = str(fault_at)
     return subprocess.run(
-        [sys.executable, "-c", CHILD, str(root), json.dumps(spec)],
+        [sys.executable, "-c", CHILD, str(root), json.dumps(spec), "-" if fault_at is None else str(fault_at)],
         cwd=REPO,
-        env=env,
         capture_output=True,
         text=True,
         timeout=60,

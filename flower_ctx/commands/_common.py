@@ -13,12 +13,23 @@ import click
 
 from ..config import Effective, resolve
 from ..context import ContextSource, load
-from ..files import ensure_dir
+from ..files import ensure_dir, open_lock
 from ..model import Config
 from ..paths import Paths
 from ..variables import all_names
 
 ROLES = ("superlink", "supernode")
+
+class NonEmptyPath(click.Path):
+    """A path option that refuses the empty string: ``--root ''`` is an unset shell variable, not
+    the current directory."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("must not be empty (an unset shell variable?); give a path or leave the option out",
+                      param, ctx)
+        return super().convert(value, param, ctx)
+
 
 role_option = click.option(
     "--role", "role", type=click.Choice(ROLES), required=True, help="Which Flower role this VM plays."
@@ -26,7 +37,7 @@ role_option = click.option(
 context_option = click.option(
     "--context",
     "context_file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=None,
     help="context.sh to read. Default: the newest of /var/run/one-context/context.sh.network, .online, .local "
     "(under --root DIR when given).",
@@ -40,14 +51,14 @@ env_option = click.option(
 root_option = click.option(
     "--root",
     "root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="Staging root: read and write every file under DIR and skip system effects (links, units, OneGate).",
 )
 read_root_option = click.option(
     "--root",
     "root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     default=None,
     help="Read the machine's files under DIR (a tree made by `configure --root DIR`). Changes nothing.",
 )
@@ -75,7 +86,7 @@ def echo_warnings(warnings: Any) -> None:
 def machine_lock(paths: Paths) -> Iterator[None]:
     """One writer at a time per machine (boot hook vs an operator at the console, configure vs bootstrap)."""
     ensure_dir(paths.agent_dir, 0o700)
-    fd = os.open(paths.agent_dir / "configure.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fd = open_lock(paths.agent_dir / "configure.lock")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -13,11 +14,11 @@ import click
 
 from .. import agentstate
 from ..errors import EXIT_FAILED, FlowerCtxError
-from ..files import write_file
+from ..files import ensure_dir, open_for_append, write_file
 from ..health import Health, check, runtime_doc, runtime_target, superlink_dial_address
 from ..model import Config, HostPort, Role
 from ..paths import Paths
-from ..supervisor import child_environment, for_machine, proc_start_time
+from ..supervisor import child_environment, for_machine, proc_start_time, read_pidfile
 from ._common import (
     context_option,
     echo_warnings,
@@ -44,9 +45,11 @@ def wg_public_key(config: Config, paths: Paths) -> str | None:
 
     if config.wg.private_key is not None:
         return public_key_of(config.wg.private_key.reveal().decode())
+    from ..files import read_file
+
     try:
-        return public_key_of(paths.wg_key.read_text().strip())
-    except (OSError, ValueError):
+        return public_key_of(read_file(paths.wg_key).decode("ascii").strip())
+    except (OSError, ValueError, FlowerCtxError):
         return None
 
 
@@ -117,9 +120,11 @@ def _attrs(config: Config, paths: Paths) -> dict[str, str]:
     wg_pub = wg_public_key(config, paths)
     doc = runtime_doc(paths, config.role.value)
     if config.role is Role.SUPERLINK:
+        from ..files import read_file
+
         try:
-            ca = paths.ca_cert.read_bytes() if config.tls_enabled else None
-        except OSError:
+            ca = read_file(paths.ca_cert) if config.tls_enabled else None
+        except (OSError, FlowerCtxError):
             raise FlowerCtxError(f"no CA at {paths.ca_cert}: run flower-ctx configure --role superlink") from None
         return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc))
     return supernode_attrs(config, superlink=runtime_target(doc), wg_public_key=wg_pub)
@@ -155,20 +160,22 @@ def _spawn_watcher(role: str, context_file: Path | None, paths: Paths) -> None:
     """Keep checking in the background and publish readiness when the SuperLink appears."""
     pidfile = paths.flower_home / "run" / f"{role}.watch.pid"
     try:
-        pid_s, start = pidfile.read_text().split()
-        if proc_start_time(int(pid_s)) == start:
+        if read_pidfile(pidfile) is not None:
             return  # one watcher is enough (pid and start time match: not a recycled pid)
-    except (OSError, ValueError):
+    except (OSError, ValueError, FlowerCtxError):
         pass
     argv = [sys.executable, "-m", "flower_ctx", "bootstrap", "--role", role, "--watch"]
     if context_file is not None:
         argv += ["--context", str(context_file)]
     if paths.staged:
         argv += ["--root", str(paths.root)]
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    with open(paths.flower_home / "run" / f"{role}.watch.log", "ab") as logf:
+    ensure_dir(pidfile.parent, 0o755)
+    logf = open_for_append(paths.flower_home / "run" / f"{role}.watch.log")
+    try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True, env=child_environment(), cwd="/")
+    finally:
+        os.close(logf)
     write_file(pidfile, f"{proc.pid} {proc_start_time(proc.pid)}\n".encode(), 0o644)
 
 

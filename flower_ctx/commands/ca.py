@@ -37,10 +37,11 @@ def export(root: Path | None, fmt: str) -> None:
     fingerprint with FL_CA_FINGERPRINT or `flower-ctx status` on the SuperLink.
     """
     from .. import pem
+    from ..files import read_file
 
     path = paths_for(root).ca_cert
     try:
-        data = path.read_bytes()
+        data = read_file(path)
     except FileNotFoundError:
         raise NoCaError(
             f"no CA yet: {path} does not exist; run `flower-ctx configure --role superlink` with "
@@ -48,6 +49,8 @@ def export(root: Path | None, fmt: str) -> None:
         ) from None
     except OSError as exc:
         raise NoCaError(f"cannot read {path}: {exc.strerror}") from None
+    except FlowerCtxError as exc:
+        raise NoCaError(str(exc)) from None
     try:
         certs = pem.load_certs(data)
     except pem.PemError as exc:

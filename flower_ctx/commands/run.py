@@ -8,7 +8,6 @@ as the unprivileged user ``flower``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ import click
 from ..errors import EXIT_BAD_INPUT, FlowerCtxError
 from ..flowerversion import installed_version as installed_flower_version
 from ..paths import Paths
+from ._common import NonEmptyPath
 
 log = logging.getLogger("flower_ctx.run")
 
@@ -37,20 +37,14 @@ class RunConfigError(RunError):
 
 
 def load_runtime_config(paths: Paths, role: str) -> dict[str, Any]:
-    path = paths.runtime_config(role)
+    from ..runtime import RuntimeConfigError, read
+
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunError(f"{path} not found: run `flower-ctx configure` first")
-    except PermissionError:
-        raise RunError(f"{path}: permission denied (it is 0640 root:flower; run as root or flower)")
-    except (OSError, ValueError) as exc:
-        raise RunConfigError(f"{path}: not a valid runtime configuration ({exc})")
-    if not isinstance(doc, dict) or doc.get("schema") != 1:
-        raise RunConfigError(f"{path}: unsupported schema {doc.get('schema') if isinstance(doc, dict) else '?'}"
-                             " (expected 1; re-run `flower-ctx configure`)")
-    if doc.get("role") != role:
-        raise RunConfigError(f"{path}: written for role {doc.get('role')!r}, not {role!r}")
+        doc = read(paths, role)
+    except RuntimeConfigError as exc:
+        raise RunConfigError(str(exc)) from None
+    if doc is None:
+        raise RunError(f"{paths.runtime_config(role)} not found: run `flower-ctx configure --role {role}` first")
     return doc
 
 
@@ -193,7 +187,7 @@ def run_role(role: str, paths: Paths) -> Any:
 
 @click.command(name="run")
 @click.argument("role", type=click.Choice(sorted(ENTRY_POINTS)))
-@click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--root", "root", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Read the runtime configuration from this staging tree (written by configure --root).")
 def command(role: str, root: Path | None) -> None:
     """Run the Flower ROLE (superlink or supernode) in this process with the agent's gRPC keepalive.

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import ApplyError
-from ..files import Outcome, ensure_dir, write_file
+from ..files import Outcome, ensure_dir, exists, list_dir, open_lock, read_file, unlink, write_file
 from ..model import Config, HostPort, WgConfig
 from ..paths import Paths
 from ..plan import Change, StepResult
@@ -93,9 +93,9 @@ def _ensure_key(wg: WgConfig, paths: Paths, report: _Report) -> str | None:
     key_path = paths.wg_key
     if wg.private_key is not None:
         key = _secret_to_b64(wg.private_key.reveal())
-    elif key_path.exists():
+    elif exists(key_path):
         try:
-            key = encode_key(decode_key(key_path.read_bytes()))
+            key = encode_key(decode_key(read_file(key_path)))
         except (KeyError_, OSError) as exc:
             # Never silently replace an identity the other zones have pinned.
             raise ApplyError(
@@ -115,7 +115,7 @@ def _write(paths: Paths, path: Path, content: bytes, mode: int, report: _Report,
     shown = _on_vm(paths, path)
     if report.dry_run:
         try:
-            same = path.read_bytes() == content and (path.stat().st_mode & 0o7777) == mode
+            same = read_file(path) == content and (path.lstat().st_mode & 0o7777) == mode
             report.file(shown, Outcome.UNCHANGED if same else Outcome.UPDATED, detail)
         except FileNotFoundError:
             report.file(shown, Outcome.CREATED, detail)
@@ -140,12 +140,12 @@ def _write_files(wg: WgConfig, paths: Paths, report: _Report) -> None:
                 report,
                 f"preshared key of peer {short(peer.public_key)}",
             )
-    if paths.wg_dir.is_dir():
-        for stale in sorted(paths.wg_dir.glob("wg0-*.psk")):
-            if stale.name not in wanted_psk:
-                if not report.dry_run:
-                    stale.unlink()
-                report.add(str(_on_vm(paths, stale)), "removed", "peer no longer configured")
+    for name in list_dir(paths.wg_dir):
+        if name.startswith("wg0-") and name.endswith(".psk") and name not in wanted_psk:
+            stale = paths.wg_dir / name
+            if not report.dry_run:
+                unlink(stale)
+            report.add(str(_on_vm(paths, stale)), "removed", "peer no longer configured")
     text = conf.render(wg, _on_vm(paths, paths.wg_key), _on_vm(paths, paths.wg_dir))
     _write(paths, paths.wg_conf, text.encode(), 0o600, report, "wg-quick syntax, key by path")
 
@@ -204,7 +204,7 @@ def desired_device(wg: WgConfig, private_key_b64: str, warnings: list[str]) -> D
 def _lock(paths: Paths) -> Iterator[None]:
     """Two configure runs racing would both spawn wireguard-go: serialise the live part."""
     ensure_dir(paths.wg_run_dir, 0o755)
-    fd = os.open(paths.wg_run_dir / f".flower-ctx-{IFNAME}.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    fd = open_lock(paths.wg_run_dir / f".flower-ctx-{IFNAME}.lock")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -317,6 +317,7 @@ def _apply_live(
     ipr = link.open_iproute()
     backend: _Backend | None = None
     try:
+        _refuse_underlay_routes(wg, desired, ipr, paths)
         current_link = link.read_link(ipr, IFNAME)
         alive = (
             current_link is not None and current_link.kind == "tun" and uapi.alive(paths.wg_run_dir / f"{IFNAME}.sock")
@@ -351,6 +352,23 @@ def _apply_live(
         if backend is not None:
             backend.close()
         ipr.close()
+
+
+def _refuse_underlay_routes(wg: WgConfig, desired: DesiredDevice, ipr: Any, paths: Paths) -> None:
+    """Before any change: the routes wg0 would get must leave the peers' (resolved) endpoints and the
+    VM's default gateways on the underlay (validation checked what CONTEXT gave as addresses)."""
+    import ipaddress
+
+    from .. import underlay
+    from . import link
+
+    routes, _ = desired_routes(wg.address, desired.peers)
+    keep = [(f"the endpoint of peer {short(p.public_key)}", ipaddress.ip_address(p.endpoint[0]))
+            for p in desired.peers if p.endpoint is not None]
+    keep += [("the VM's default gateway", gw) for gw in link.default_gateways(ipr)]
+    found = underlay.problems(routes, keep)
+    if found:
+        raise ApplyError(f"{IFNAME}: nothing changed: " + "; ".join(found))
 
 
 def _dry_run_missing(wg: WgConfig, desired: DesiredDevice, report: _Report, warnings: list[str]) -> str:

@@ -51,7 +51,7 @@ SPARE = "b3"  # zone B, used by the drills that need a SuperNode of their own
 VM_IDS = {"link": 10, "b1": 20, "b2": 21, "b3": 22, "c1": 30, "c2": 31}
 SERVICE_IDS = {"A": 100, "B": 200, "C": 300}
 WG_ADDR = {"b1": "10.10.9.2", "c1": "10.10.9.3"}
-ENV = {"FLOWER_CTX_SUPERVISOR": "builtin", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 NAT_TIMEOUT_S = 15  # the aggressive NAT's established-timeout (drill "nat"): above keepalive 10 s, below heartbeat gaps
 
 # The walkthrough of docs/multi-site-federation.md, command for command (tests/test_lab.py checks
