@@ -8,7 +8,6 @@ Total validation: every problem of every variable is collected and raised at onc
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Any
 from .errors import ValidationError
 from .model import Config, Nic, OneGateAccess, PkiMaterial, Role, Secret, WgConfig, WgPeer
 from .peers import parse_peer_sections
-from .values import Invalid, show
+from .values import MAX_VALUE_LEN, Invalid, ip_address, show
 from .variables import BY_NAME, REGISTRY, Variable
 
 _NIC_RE = re.compile(r"ETH([0-9]+)_(IP|IP6)\Z")
@@ -96,6 +95,8 @@ def resolve(
             table.append(Effective(var.name, shown, "default" if var.default is not None else "unset"))
             continue
         try:
+            if len(raw) > MAX_VALUE_LEN:
+                raise Invalid(f"is {len(raw)} characters long; at most {MAX_VALUE_LEN} are accepted")
             typed[var.name] = var.parse(raw)
         except Invalid as exc:
             c.err(used, str(exc))
@@ -109,7 +110,7 @@ def resolve(
     onegate = _onegate(values, token, c)
     _keepalive_rules(typed, given, c)
     pki = _tls_rules(role, typed, given, values, onegate, c, now)
-    wg = _wg_rules(typed, given, c)
+    wg = _wg_rules(typed, given, c, onegate)
 
     if c.problems:
         raise ValidationError(c.problems)
@@ -172,9 +173,12 @@ def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:
             continue
         idx, kind = int(m.group(1)), m.group(2)
         try:
-            addr = ipaddress.IPv4Address(raw) if kind == "IP" else ipaddress.IPv6Address(raw)
-        except ValueError:
-            c.err(name, f"{show(raw)} is not an IPv{4 if kind == 'IP' else 6} address")
+            addr = ip_address(raw)
+        except Invalid:
+            addr = None
+        want = 4 if kind == "IP" else 6
+        if addr is None or addr.version != want:
+            c.err(name, f"{show(raw)} is not an IPv{want} address")
             continue
         found.setdefault(idx, {})[kind] = addr
     return tuple(Nic(i, found[i].get("IP"), found[i].get("IP6")) for i in sorted(found))
@@ -183,10 +187,10 @@ def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:
 def _onegate(values: Mapping[str, str], token: str | None, c: _Collector) -> OneGateAccess:
     endpoint = values.get("ONEGATE_ENDPOINT") or None
     vmid = values.get("VMID") or None
-    if endpoint is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[^\s]*)?", endpoint):
+    if endpoint is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[!-~]*)?", endpoint):
         c.err("ONEGATE_ENDPOINT", f"{show(endpoint)} is not an http(s) URL such as http://169.254.16.9:5030")
         endpoint = None
-    if vmid is not None and not vmid.isdigit():
+    if vmid is not None and not re.fullmatch(r"[0-9]{1,12}", vmid):
         c.err("VMID", f"must be the numeric VM id, got {show(vmid)}")
         vmid = None
     return OneGateAccess(endpoint, vmid, Secret(token.encode()) if token else None)
@@ -320,7 +324,7 @@ def _load_ca(raw: bytes, name: str, c: _Collector, now: datetime.datetime | None
     return ca
 
 
-def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector) -> WgConfig | None:
+def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector, onegate: OneGateAccess) -> WgConfig | None:
     wg_names = [var.name for var in REGISTRY if var.group == "wireguard" and var.name != "FL_WG_ENABLED"]
     if not typed["FL_WG_ENABLED"]:
         set_names = [given[n] for n in wg_names if typed[n] is not None and BY_NAME[n].default is None]
@@ -362,6 +366,8 @@ def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector) -> Wg
             if p.public_key == own:
                 c.err(peers_n if p.source != "FL_WG_PEER_*" else pk_n,
                       f"{p.source}: PublicKey is this VM's own public key; give the other side's key")
+    if address is not None and peers:
+        _underlay_rules(address, peers, onegate, peers_n, aips_n, c)
     if address is None or any(n.startswith(("FL_WG", "ONEAPP_FL_WG")) for n, _ in c.problems):
         return None
     return WgConfig(
@@ -372,6 +378,28 @@ def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector) -> Wg
         peers=tuple(peers),
         forward=typed["FL_WG_FORWARD"],
     )
+
+
+def _underlay_rules(
+    address: Any, peers: list[WgPeer], onegate: OneGateAccess, peers_n: str, aips_n: str, c: _Collector
+) -> None:
+    """AllowedIPs must not route the tunnel's own endpoints, OneGate or everything into wg0."""
+    from urllib.parse import urlsplit
+
+    from . import underlay
+
+    keep = [("the peer endpoint " + ("FL_WG_PEER_ENDPOINT" if p.source == "FL_WG_PEER_*" else f"of {p.source}"),
+             p.endpoint.ip) for p in peers if p.endpoint and p.endpoint.ip]
+    if onegate.endpoint:
+        try:
+            host = urlsplit(onegate.endpoint).hostname or ""
+            keep.append(("the OneGate address (ONEGATE_ENDPOINT)", ip_address(host)))
+        except (Invalid, ValueError):
+            pass  # a name: checked once resolved, when configure applies wg0
+    routes = set().union(*(underlay.routed(address.network, p.allowed_ips) for p in peers))
+    for problem in underlay.problems(routes, keep):
+        name = peers_n if any(p.source != "FL_WG_PEER_*" for p in peers) else aips_n
+        c.err(name, problem)
 
 
 def _peer_conflicts(peers: list[WgPeer], name: str, c: _Collector) -> None:

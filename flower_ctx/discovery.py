@@ -8,8 +8,8 @@ one step) until found or the deadline passes. Once the node ids are known, a pol
 
 from __future__ import annotations
 
-import ipaddress
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +26,15 @@ from .onegate import (
     OneGateNotInService,
     OneGateValueError,
     decode_value,
+    items,
+    obj,
+    text,
 )
+from .values import Invalid, ip_address, show
 
 SUPERLINK_ROLE = "superlink"
 FLEET_PORT = 9092
+MAX_CA_TEXT = 64 * 1024  # base64 of a CA certificate is ~1 KB; a published bundle far beyond is not one
 FINAL_POLL_S = 0.5  # discover_superlink returns or raises within deadline_s + this
 
 
@@ -55,22 +60,19 @@ class _NotYet(Exception):
 
 
 def parse_endpoint(text: str, default_port: int = FLEET_PORT) -> HostPort:
-    """``host:port``, ``[v6]:port`` or the unbracketed ``v6:port`` flower-ctx publishes."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not host:port")
-        port_text = rest[1:] if rest else str(default_port)
-    elif text.count(":") == 0:
-        host, port_text = text, str(default_port)
-    else:
-        host, _, port_text = text.rpartition(":")
-    if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{text!r} is not host:port")
-    if ":" in host:
-        ipaddress.IPv6Address(host)  # raises ValueError when it is not an address
-    return HostPort(host, int(port_text))
+    """A published endpoint, through the validator of FL_SUPERLINK_ADDRESS: ``host:port``,
+    ``[v6]:port``, or the unbracketed ``v6:port`` flower-ctx publishes (``[ ]`` break OneGate's
+    quoting); a bare host gets ``default_port``. Raises ValueError (``values.Invalid``)."""
+    from .values import host_port
+
+    if not isinstance(text, str) or len(text) > 300:
+        raise Invalid("is not host:port")
+    if not text.startswith("[") and text.count(":") > 1:
+        host, _, port = text.rpartition(":")
+        text = f"[{host}]:{port}"
+    elif ":" not in text:
+        text = f"{text}:{default_port}"
+    return host_port(text)
 
 
 def discover_superlink(
@@ -147,19 +149,22 @@ def _poll(client: OneGateClient, state: _State, remaining: float) -> Discovered:
 
 
 def _superlink_ids(doc: dict[str, Any]) -> list[str]:
-    service = doc.get("SERVICE") or {}
-    roles = [r for r in service.get("roles") or [] if str(r.get("name", "")).lower() == SUPERLINK_ROLE]
+    service = obj(doc.get("SERVICE"), "SERVICE")
+    roles = [obj(r, "SERVICE.roles[]") for r in items(service.get("roles"), "SERVICE.roles")]
+    roles = [r for r in roles if (text(r.get("name"), "role name") or "").lower() == SUPERLINK_ROLE]
     if not roles:
         raise _NotYet(f"the service has no role named {SUPERLINK_ROLE!r}")
     ids: list[str] = []
     for role in roles:
-        for node in role.get("nodes") or []:
-            vm_id = node.get("deploy_id")
+        for node in items(role.get("nodes"), "role nodes"):
+            node = obj(node, "role node")
+            vm_id = text(node.get("deploy_id"), "deploy_id")
             if vm_id is None:
-                vm_id = ((node.get("vm_info") or {}).get("VM") or {}).get("ID")
-            text = str(vm_id).strip() if vm_id is not None else ""
-            if text.isdigit() and text not in ids:
-                ids.append(text)
+                vm = obj(obj(node.get("vm_info"), "vm_info").get("VM"), "vm_info.VM")
+                vm_id = text(vm.get("ID"), "vm_info.VM.ID")
+            vm_id = (vm_id or "").strip()
+            if re.fullmatch(r"[0-9]{1,12}", vm_id) and vm_id not in ids:
+                ids.append(vm_id)
     if not ids:
         raise _NotYet(f"the {SUPERLINK_ROLE!r} role has no VM yet")
     return ids
@@ -167,11 +172,12 @@ def _superlink_ids(doc: dict[str, Any]) -> list[str]:
 
 def _evaluate(vm_id: str, doc: dict[str, Any]) -> Discovered:
     """A Discovered from one SuperLink VM's OneGate view, or _NotYet naming what is missing."""
-    vm = doc.get("VM") or {}
-    ut = vm.get("USER_TEMPLATE") or {}
-    tls_text = str(ut.get("FL_TLS", "")).strip().upper()
+    vm = obj(doc.get("VM"), "VM")
+    ut = obj(vm.get("USER_TEMPLATE"), "VM.USER_TEMPLATE")
+    tls_text = (text(ut.get("FL_TLS"), "FL_TLS") or "").strip()
+    tls_text = tls_text.upper() if tls_text.isascii() else tls_text
     if tls_text not in ("YES", "NO"):
-        what = "has not published FL_TLS yet" if not tls_text else f"published FL_TLS={tls_text!r}"
+        what = "has not published FL_TLS yet" if not tls_text else f"published FL_TLS={show(tls_text)}"
         raise _NotYet(f"SuperLink VM {vm_id} {what}")
     endpoint = _endpoint(vm_id, vm, ut)
     if tls_text == "NO":
@@ -181,38 +187,47 @@ def _evaluate(vm_id: str, doc: dict[str, Any]) -> Discovered:
 
 
 def _endpoint(vm_id: str, vm: dict[str, Any], ut: dict[str, Any]) -> HostPort:
-    published = ut.get("FL_ENDPOINT")
-    if isinstance(published, str) and published.strip():
+    """FL_ENDPOINT, else the first NIC address with the Fleet port: both through the validators an
+    operator's FL_SUPERLINK_ADDRESS goes through (it ends up on Flower's command line)."""
+    published = text(ut.get("FL_ENDPOINT"), "FL_ENDPOINT")
+    if published is not None and published.strip():
         try:
-            return parse_endpoint(published)
+            return parse_endpoint(published.strip())
         except ValueError:
-            raise _NotYet(f"SuperLink VM {vm_id} published FL_ENDPOINT={published!r}, which is not host:port") from None
-    nics = (vm.get("TEMPLATE") or {}).get("NIC") or []
-    if isinstance(nics, dict):  # tolerate the non-normalised shape
-        nics = [nics]
+            raise _NotYet(
+                f"SuperLink VM {vm_id} published FL_ENDPOINT={show(published)}, which is not host:port"
+            ) from None
+    nics = items(obj(vm.get("TEMPLATE"), "VM.TEMPLATE").get("NIC"), "VM.TEMPLATE.NIC")
     for nic in nics:
-        for key in ("IP", "IP6_GLOBAL", "IP6"):
-            ip = nic.get(key) if isinstance(nic, dict) else None
+        nic = obj(nic, "NIC")
+        for key in ("IP", "IP6_GLOBAL", "IP6_ULA", "IP6"):
+            ip = text(nic.get(key), f"NIC {key}")
             if ip:
-                return HostPort(str(ip), FLEET_PORT)
+                try:
+                    return HostPort(str(ip_address(ip.strip())), FLEET_PORT)
+                except Invalid:
+                    raise _NotYet(f"SuperLink VM {vm_id} has NIC {key}={show(ip)}, which is not an address") from None
     raise _NotYet(f"SuperLink VM {vm_id} has no FL_ENDPOINT and no NIC address")
 
 
 def _ca(vm_id: str, ut: dict[str, Any]) -> tuple[bytes, str]:
     from .pem import PemError, fingerprint, load_certs
 
-    encoded = ut.get("FL_CA_CERT")
-    if not isinstance(encoded, str) or not encoded.strip():
+    encoded = text(ut.get("FL_CA_CERT"), "FL_CA_CERT")
+    if not encoded or not encoded.strip():
         raise _NotYet(f"SuperLink VM {vm_id} has TLS but has not published FL_CA_CERT yet")
+    if len(encoded) > MAX_CA_TEXT:
+        raise _NotYet(f"SuperLink VM {vm_id} published an FL_CA_CERT of {len(encoded)} characters, too long for a CA")
     try:
         pem = decode_value(encoded)
         cert = load_certs(pem)[0]
     except (OneGateValueError, PemError) as exc:
         raise _NotYet(f"SuperLink VM {vm_id} published an unusable FL_CA_CERT ({exc})") from None
     actual = fingerprint(cert)
-    published = ut.get("FL_CA_FINGERPRINT")
-    if isinstance(published, str) and published.strip() and published.strip().lower() != actual:
+    published = text(ut.get("FL_CA_FINGERPRINT"), "FL_CA_FINGERPRINT")
+    if published and published.strip() and published.strip().lower() != actual:
         raise _NotYet(
-            f"SuperLink VM {vm_id}: FL_CA_CERT has fingerprint {actual} but FL_CA_FINGERPRINT says {published.strip()}"
+            f"SuperLink VM {vm_id}: FL_CA_CERT has fingerprint {actual} but FL_CA_FINGERPRINT says "
+            f"{show(published, 80)}"
         )
     return pem, actual

@@ -4,22 +4,28 @@ The wire format follows the official ``onegate`` CLI (research/opennebula-contra
 8): ``X-ONEGATE-TOKEN``/``X-ONEGATE-VMID`` on every request, updates as a form-encoded
 ``data=<"K=V\\nK=V">&type=1`` ``PUT /vm``, deletes as ``type=2`` with one name per request.
 
-``requests`` is imported lazily: this module is imported by configure/status at start-up.
+Every call is bounded in time and size by the calling thread alone: one deadline per call enforced
+on the socket (each connect, send and receive gets only what is left of it), answers capped at
+``MAX_ANSWER_BYTES`` and read by ``http.client`` (whose header count and line length are bounded),
+one connection per exchange closed before the call returns. No thread or socket outlives a call,
+however the server trickles, stalls or streams. Answers are typed on the way in: a document of an
+unexpected shape is a :class:`OneGateProtocolError` ("OneGate unusable"), never a crash.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import random
 import re
-import threading
+import socket
 import time
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from .errors import EXIT_BAD_INPUT, OneGateError
 from .model import OneGateAccess
@@ -33,6 +39,8 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VMID_RE = re.compile(r"^[0-9]+$")
 # Longest server message we quote back in an error (they are one-liners; HTML junk is cut).
 _MAX_SERVER_TEXT = 200
+# Largest answer read: a service of a few hundred VMs with full templates (?extended=true) fits.
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 
 
 class OneGateNotConfigured(OneGateError):
@@ -77,6 +85,47 @@ class OneGateUnavailable(OneGateError):
 
 class OneGateProtocolError(OneGateError):
     """An answer that does not follow the OneGate API (e.g. not JSON)."""
+
+
+# -- typed views of OneGate documents ---------------------------------------------------------------
+# OneGate's JSON comes from OpenNebula's XML: a one-element list may arrive as the element itself, and
+# every scalar is a string. Anything else is an answer flower-ctx cannot use: a protocol error.
+
+
+def _unusable(what: str, value: Any, expected: str) -> OneGateProtocolError:
+    return OneGateProtocolError(
+        f"OneGate answered with an unexpected document ({what} is {type(value).__name__}, expected {expected}): "
+        "OneGate unusable"
+    )
+
+
+def obj(value: Any, what: str, *, optional: bool = True) -> dict[str, Any]:
+    """``value`` as an object; absent (None) gives {} when ``optional``."""
+    if value is None and optional:
+        return {}
+    if not isinstance(value, dict):
+        raise _unusable(what, value, "an object")
+    return value
+
+
+def items(value: Any, what: str) -> list[Any]:
+    """``value`` as a list: absent is [], a lone object is a one-element list (XML-to-JSON)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [value]
+    if not isinstance(value, list):
+        raise _unusable(what, value, "a list")
+    return value
+
+
+def text(value: Any, what: str) -> str | None:
+    """A scalar attribute as text (None when absent); numbers are accepted as their decimal text."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise _unusable(what, value, "text")
+    return str(value)
 
 
 def check_name(name: str) -> str:
@@ -175,7 +224,6 @@ class OneGateClient:
         self.backoff = backoff
         self.deadline = deadline
         self.attempts = 0  # HTTP attempts made by this client (for reports and tests)
-        self._session: Any = None
 
     def __repr__(self) -> str:
         return f"OneGateClient(endpoint={self.endpoint!r}, vmid={self.vmid!r}, token=********)"
@@ -221,9 +269,7 @@ class OneGateClient:
         return text.replace(self._token, "********") if self._token else text
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        """Nothing to release: every exchange closes its own connection before returning."""
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -231,18 +277,15 @@ class OneGateClient:
         body = self._request(method, path, **kw)
         try:
             doc = json.loads(body)
-        except ValueError:
-            raise OneGateProtocolError(f"OneGate {method} {path} answered with something that is not JSON") from None
+        except (ValueError, RecursionError):
+            raise OneGateProtocolError(
+                f"OneGate {method} {path} answered with something that is not JSON: OneGate unusable"
+            ) from None
         if not isinstance(doc, dict):
-            raise OneGateProtocolError(f"OneGate {method} {path} answered with JSON that is not an object")
+            raise OneGateProtocolError(
+                f"OneGate {method} {path} answered with JSON that is not an object: OneGate unusable"
+            )
         return doc
-
-    def _session_get(self) -> Any:
-        if self._session is None:
-            import requests
-
-            self._session = requests.Session()
-        return self._session
 
     def _request(
         self,
@@ -254,8 +297,6 @@ class OneGateClient:
         deadline: float | None = None,
         absent_ok: bool = False,
     ) -> str:
-        import requests
-
         budget = deadline if deadline is not None else self.deadline
         end = time.monotonic() + budget if budget is not None else None
         headers = {
@@ -268,7 +309,7 @@ class OneGateClient:
             # urlencode quotes '+', '%', '=', newlines...: the server gets the exact text back.
             data = urlencode(form)
             headers["Content-Type"] = "application/x-www-form-urlencoded"
-        url = self.endpoint + path
+        target = path + ("?" + urlencode(params) if params else "")
         what = f"OneGate {method} {path}"
         last = "no time left for an attempt"
         made = 0
@@ -281,8 +322,8 @@ class OneGateClient:
             self.attempts += 1
             made += 1
             try:
-                status, text = self._once(method, url, headers, params, data, timeout)
-            except requests.RequestException as exc:
+                status, text = self._once(method, target, headers, data, timeout)
+            except (OSError, http_client().HTTPException) as exc:
                 last = _describe_exception(exc)
                 log.debug("%s attempt %d failed: %s", what, attempt + 1, last)
             else:
@@ -305,50 +346,58 @@ class OneGateClient:
     def _once(
         self,
         method: str,
-        url: str,
+        target: str,
         headers: Mapping[str, str],
-        params: Mapping[str, str] | None,
         data: str | None,
         timeout: float,
     ) -> tuple[int, str]:
-        """One HTTP exchange that returns within ``timeout`` seconds, whatever the server does.
+        """One HTTP exchange on a fresh connection that ends within ``timeout`` seconds, whatever the
+        server does: the deadline is re-armed on the socket before every connect, send and receive,
+        the answer is capped, and the connection is closed before returning (or raising)."""
+        http = http_client()
+        end = time.monotonic() + timeout
+        parts = urlsplit(self.endpoint)
+        https = parts.scheme == "https"
+        host = parts.hostname or ""
+        port = parts.port or (443 if https else 80)
+        prefix = parts.path.rstrip("/")
+        sock = _connect(host, port, end)
+        conn = None
+        try:
+            if https:
+                import ssl
 
-        requests' timeout bounds each socket read, not the exchange: a server that trickles its
-        headers or body could hold a call forever. The exchange therefore runs in a worker thread;
-        past the bound it is abandoned (its own socket timeouts end it soon after) together with
-        its session, so the next attempt starts on a fresh connection.
-        """
-        import requests
-
-        session = self._session_get()
-        box: dict[str, Any] = {}
-        done = threading.Event()
-
-        def work() -> None:
-            try:
-                with session.request(
-                    method,
-                    url,
-                    headers=headers,
-                    params=params,
-                    data=data,
-                    timeout=(timeout, timeout),
-                    allow_redirects=False,
-                    stream=True,
-                ) as resp:
-                    box["answer"] = (resp.status_code, resp.content.decode("utf-8", "replace"))
-            except BaseException as exc:  # handed to the caller's thread
-                box["error"] = exc
-            finally:
-                done.set()
-
-        threading.Thread(target=work, name="onegate-request", daemon=True).start()
-        if not done.wait(timeout):
-            self._session = None  # the abandoned worker still owns that session's connection
-            raise requests.Timeout("no complete answer in time")
-        if "error" in box:
-            raise box["error"]
-        return box["answer"]
+                ctx = ssl.create_default_context()
+                ctx.sslsocket_class = _ssl_socket_class()
+                sock = ctx.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                sock._deadline = end  # type: ignore[attr-defined]
+                sock.do_handshake()
+            conn = http.HTTPConnection(host, port)
+            conn.sock = sock  # already connected, deadline-armed
+            conn.request(method, prefix + target, body=data, headers={**headers, "Connection": "close"})
+            resp = conn.getresponse()
+            declared = resp.getheader("Content-Length")
+            if declared is not None and declared.strip().isascii() and declared.strip().isdigit() \
+                    and int(declared.strip()[:20]) > MAX_ANSWER_BYTES:
+                raise OneGateProtocolError(
+                    f"OneGate answered with {declared.strip()[:20]} bytes, more than the {MAX_ANSWER_BYTES} "
+                    "an answer may have: OneGate unusable"
+                )
+            body = bytearray()
+            while True:
+                chunk = resp.read(min(65536, MAX_ANSWER_BYTES + 1 - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise OneGateProtocolError(
+                        f"OneGate's answer is longer than {MAX_ANSWER_BYTES} bytes: OneGate unusable"
+                    )
+            return resp.status, body.decode("utf-8", "replace")
+        finally:
+            if conn is not None:
+                conn.close()
+            sock.close()
 
     def _pause(self, attempt: int, end: float | None) -> bool:
         """Sleep before the next attempt; False when the deadline leaves no room for one."""
@@ -399,17 +448,105 @@ class _AttributeAbsent(Exception):
     """Internal: delete of an attribute the VM does not have."""
 
 
-def _describe_exception(exc: BaseException) -> str:
-    """A short, token-free description of a requests failure (no headers are in these texts)."""
-    import requests
+def http_client() -> Any:
+    """``http.client``, imported when a call is made (not at start-up)."""
+    import http.client
 
-    if isinstance(exc, requests.ConnectTimeout):
-        return "connection timed out"
-    if isinstance(exc, requests.Timeout):
+    return http.client
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose every blocking operation gets only what is left of one deadline."""
+
+    _deadline: float = 0.0
+
+    def _arm(self) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no complete answer in time")
+        self.settimeout(left)
+
+    def connect(self, address: Any) -> None:  # type: ignore[override]
+        self._arm()
+        super().connect(address)
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        self._arm()
+        return super().recv(bufsize, flags)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        self._arm()
+        return super().recv_into(buffer, nbytes, flags)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        self._arm()
+        return super().send(data, flags)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        self._arm()
+        super().sendall(data, flags)
+
+
+@functools.lru_cache(maxsize=1)
+def _ssl_socket_class() -> type:
+    """The TLS twin of :class:`_DeadlineSocket` (built on first use: ssl is imported only for https)."""
+    import ssl
+
+    class DeadlineSSLSocket(ssl.SSLSocket):
+        _deadline: float = 0.0
+        _arm = _DeadlineSocket._arm
+
+        def recv(self, buflen: int = 1024, flags: int = 0) -> bytes:
+            self._arm()
+            return super().recv(buflen, flags)
+
+        def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+            self._arm()
+            return super().recv_into(buffer, nbytes, flags)  # type: ignore[arg-type]
+
+        def send(self, data: Any, flags: int = 0) -> int:
+            self._arm()
+            return super().send(data, flags)
+
+        def sendall(self, data: Any, flags: int = 0) -> None:
+            self._arm()
+            super().sendall(data, flags)
+
+        def do_handshake(self, block: bool = False) -> None:
+            self._arm()
+            super().do_handshake(block)
+
+    return DeadlineSSLSocket
+
+
+def _connect(host: str, port: int, end: float) -> _DeadlineSocket:
+    """A TCP connection to ``host:port`` made before ``end``. Names are resolved by the system
+    resolver, bounded by its own timeouts (OneGate endpoints are addresses in practice)."""
+    last: OSError | None = None
+    for family, kind, proto, _, addr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = _DeadlineSocket(family, kind, proto)
+        sock._deadline = end
+        try:
+            sock.connect(addr)
+            return sock
+        except OSError as exc:
+            sock.close()
+            last = exc
+            if isinstance(exc, TimeoutError):
+                break
+    raise last or OSError(f"{host} has no address")
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """A short, token-free description of a failed exchange (no headers are in these texts)."""
+    if isinstance(exc, TimeoutError):
         return "timed out waiting for the answer"
-    if isinstance(exc, requests.ConnectionError):
-        text = str(exc)
-        if "refused" in text.lower():
-            return "connection refused"
-        return "connection failed"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "the endpoint's name does not resolve"
+    if isinstance(exc, http_client().HTTPException):
+        return f"malformed HTTP answer ({type(exc).__name__})"
+    if isinstance(exc, OSError):
+        return f"connection failed ({exc.strerror or type(exc).__name__})"
     return type(exc).__name__

@@ -6,6 +6,8 @@ from .model import Secret, WgPeer
 from .values import Invalid, host_port, integer, network_cidr, show, wg_key
 
 KNOWN_KEYS = ("PublicKey", "Endpoint", "AllowedIPs", "PersistentKeepalive", "PresharedKey")
+MAX_PEERS = 256  # a hub with a peer per site and gateway; keeps the pairwise overlap check small
+MAX_ALLOWED_IPS = 64  # per peer
 
 
 def parse_peer_sections(text: str, default_keepalive: int) -> tuple[list[WgPeer], list[str]]:
@@ -38,6 +40,8 @@ def parse_peer_sections(text: str, default_keepalive: int) -> tuple[list[WgPeer]
         current.append((lineno, key.strip(), value.strip()))
     if not sections and not problems:
         problems.append("contains no [Peer] section")
+    if len(sections) > MAX_PEERS:
+        return [], [f"has {len(sections)} [Peer] sections; at most {MAX_PEERS} are supported"]
     peers: list[WgPeer] = []
     for number, _, entries in sections:
         peer, errs = _peer(number, entries, default_keepalive)
@@ -52,7 +56,7 @@ def _peer(number: int, entries: list[tuple[int, str, str]], default_keepalive: i
     errs: list[str] = []
     seen: dict[str, str] = {}
     for lineno, key, value in entries:
-        canon = next((k for k in KNOWN_KEYS if k.lower() == key.lower()), None)
+        canon = next((k for k in KNOWN_KEYS if key.isascii() and k.lower() == key.lower()), None)
         if canon is None:
             errs.append(f"{where} line {lineno}: unknown key {show(key)} (allowed: {', '.join(KNOWN_KEYS)})")
             continue
@@ -79,6 +83,9 @@ def _peer(number: int, entries: list[tuple[int, str, str]], default_keepalive: i
     if "AllowedIPs" not in seen or not seen["AllowedIPs"].strip(", "):
         errs.append(f"{where}: AllowedIPs is missing (e.g. AllowedIPs = 10.10.9.0/24)")
     else:
+        if seen["AllowedIPs"].count(",") >= MAX_ALLOWED_IPS:
+            errs.append(f"{where}: AllowedIPs has more than {MAX_ALLOWED_IPS} entries")
+            return None, errs
         for item in seen["AllowedIPs"].split(","):
             if not item.strip():
                 continue

@@ -16,6 +16,9 @@ if TYPE_CHECKING:
     from cryptography import x509
 
 
+MAX_CHAIN = 16  # certificates in one bundle: chain checks are quadratic in it
+
+
 class PemError(FlowerCtxError):
     """A PEM value is unusable; the message says why in operator terms (no key material)."""
 
@@ -28,6 +31,8 @@ def load_certs(pem: bytes) -> list[x509.Certificate]:
         raise PemError("is not PEM (no -----BEGIN line)")
     if b"PRIVATE KEY-----" in pem:
         raise PemError("contains a private key where a certificate is expected")
+    if pem.count(b"-----BEGIN") > MAX_CHAIN:
+        raise PemError(f"holds more than {MAX_CHAIN} PEM blocks; a certificate chain is a handful")
     try:
         certs = x509.load_pem_x509_certificates(pem)
     except Exception as exc:  # ValueError, InvalidVersion, ...: all mean "not a usable certificate"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from .errors import OneGateError
 from .model import Config, HostPort
-from .onegate import OneGateClient, check_name, check_value, encode_value
+from .onegate import OneGateClient, check_name, check_value, encode_value, obj
 
 FLEET_PORT = 9092
 MAX_ERROR_LEN = 200
@@ -197,7 +197,7 @@ def publish_ready(
 
 def _user_template(client: OneGateClient) -> dict[str, str]:
     doc = client.get_vm()
-    ut = (doc.get("VM") or {}).get("USER_TEMPLATE") or {}
+    ut = obj(obj(doc.get("VM"), "VM").get("USER_TEMPLATE"), "VM.USER_TEMPLATE")
     # Vector attributes come back as objects; only string scalars can equal what we publish.
     return {str(k).upper(): v for k, v in ut.items() if isinstance(v, str)}
 

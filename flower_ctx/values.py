@@ -11,7 +11,7 @@ import binascii
 import ipaddress
 import re
 
-from .model import HostPort, IPInterface, IPNetwork, SanEntry
+from .model import HostPort, IPAddress, IPInterface, IPNetwork, SanEntry
 
 
 class Invalid(ValueError):
@@ -22,14 +22,67 @@ _DNS_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
 _INT = re.compile(r"[0-9]+\Z")
 
 
+# A run of base64 letters long and mixed enough to be (part of) a key or token: never echoed. Runs are
+# cut at "=", ".", "-", "_" and ":" so paths, names and addresses stay readable in messages.
+_KEYLIKE = re.compile(r"[A-Za-z0-9+/]{8,}")
+MAX_VALUE_LEN = 65536  # longest CONTEXT value any variable takes (a PEM chain fits many times over)
+MAX_LIST = 256  # entries in one list value (node config pairs, SANs, peers): keeps every check linear
+
+
+def _secret_looking(run: str) -> bool:
+    """Random base64 mixes cases and digits throughout; words (even Capitalised ones) do not."""
+    upper = sum(c.isupper() for c in run)
+    lower = any(c.islower() for c in run)
+    digit = any(c.isdigit() for c in run)
+    return "+" in run or (digit and (upper or lower)) or (upper >= 2 and lower)
+
+
+def redact(text: str) -> str:
+    """``text`` with every run that could be key material replaced by ``<N characters hidden>``.
+    Certificate fingerprints (``sha256:`` + hex) stay: they are public and name what mismatched."""
+
+    def hide(m: re.Match[str]) -> str:
+        run = m.group(0)
+        if text[max(0, m.start() - 7) : m.start()].lower() == "sha256:" and re.fullmatch(r"[0-9a-fA-F]+", run):
+            return run
+        return f"<{len(run)} characters hidden>" if _secret_looking(run) else run
+
+    return _KEYLIKE.sub(hide, text)
+
+
 def show(value: str, limit: int = 40) -> str:
-    """A value quoted for an error message, cut and with control characters visible."""
-    v = value if len(value) <= limit else value[:limit] + "..."
+    """A value quoted for an error message: cut, control characters visible, and nothing that could
+    be (part of) a key: an operator who pasted a key into the wrong variable must not see it echoed."""
+    v = redact(value)
+    v = v if len(v) <= limit else v[:limit] + "..."
     return repr(v)
 
 
+def ascii_text(value: str, what: str = "") -> str:
+    """``value`` when it is printable ASCII; lookalike letters and digits from other scripts
+    (``ſ``, ``K``, ``１``) are refused instead of being folded into ASCII by ``upper()``/``int()``."""
+    for c in value:
+        if not c.isascii():
+            raise Invalid(f"{what or 'the value'} contains {c!r} (U+{ord(c):04X}); only plain ASCII is accepted here")
+        if not c.isprintable():
+            raise Invalid(f"{what or 'the value'} contains the control character {c!r}; write it on one line")
+    return value
+
+
+def ip_address(value: str) -> IPAddress:
+    """An IPv4 or IPv6 address in plain ASCII, without an IPv6 zone (``%eth0``): a zone cannot be put
+    in a certificate or routed, and it means something else on every machine."""
+    ascii_text(value, "the address")
+    if "%" in value:
+        raise Invalid(f"{show(value)}: IPv6 zone ids (%...) are not supported; use a global or unique-local address")
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        raise Invalid(f"{show(value)} is not an IP address") from None
+
+
 def boolean(value: str) -> bool:
-    up = value.upper()
+    up = value.upper() if value.isascii() else value
     if up == "YES":
         return True
     if up == "NO":
@@ -48,7 +101,7 @@ def integer(value: str, lo: int, hi: int) -> int:
 
 def choice(value: str, choices: tuple[str, ...]) -> str:
     for c in choices:
-        if value.lower() == c.lower():
+        if value.isascii() and value.lower() == c.lower():
             return c
     raise Invalid(f"must be one of {', '.join(choices)}, got {show(value)}")
 
@@ -58,6 +111,8 @@ def text64(value: str) -> bytes:
     compact = "".join(value.split())
     if not compact:
         raise Invalid("is empty after removing whitespace; expected base64")
+    if not compact.isascii():
+        raise Invalid("is not valid base64 (it contains non-ASCII characters)")
     if compact.startswith("-----BEGIN"):
         raise Invalid("looks like a raw PEM; text64 values must be its base64 (e.g. `base64 -w0 FILE`)")
     try:
@@ -67,6 +122,8 @@ def text64(value: str) -> bytes:
 
 
 def dns_name(value: str, allow_wildcard: bool = False) -> str:
+    if not value.isascii():
+        raise Invalid(f"{show(value)} is not a valid DNS name (letters, digits, '-' and '.' in ASCII)")
     name = value.lower().rstrip(".")
     if not name or len(name) > 253:
         raise Invalid(f"{show(value)} is not a valid DNS name")
@@ -83,13 +140,17 @@ def dns_name(value: str, allow_wildcard: bool = False) -> str:
 def host_port(value: str) -> HostPort:
     """``host:port`` or ``[v6]:port``; host an IP address or a DNS name."""
     form = "expected host:port, e.g. 10.10.9.0:9092, superlink.example.org:9092 or [2001:db8::1]:9092"
+    if len(value) > 300 or not value.isascii() or not value.isprintable():
+        raise Invalid(f"{show(value)}: {form}")
     m = re.fullmatch(r"\[([^\]]+)\]:([0-9]+)", value)
     if m:
         host, port_s = m.group(1), m.group(2)
         try:
-            ip = ipaddress.IPv6Address(host)
-        except ValueError:
-            raise Invalid(f"{show(value)}: {show(host)} is not an IPv6 address; {form}") from None
+            ip = ip_address(host)
+        except Invalid as exc:
+            raise Invalid(f"{exc}; {form}") from None
+        if ip.version != 6:
+            raise Invalid(f"{show(value)}: brackets are for IPv6 addresses only; {form}")
         host = str(ip)
     else:
         if value.count(":") != 1:
@@ -113,6 +174,9 @@ def host_port(value: str) -> HostPort:
 def san_list(value: str) -> tuple[SanEntry, ...]:
     """``IP:a.b.c.d``, ``IP:v6``, ``DNS:name`` separated by commas (blanks around entries allowed)."""
     out: list[SanEntry] = []
+    ascii_text(value)
+    if value.count(",") >= MAX_LIST:
+        raise Invalid(f"has more than {MAX_LIST} entries")
     for raw in value.split(","):
         entry = raw.strip()
         if not entry:
@@ -123,9 +187,9 @@ def san_list(value: str) -> tuple[SanEntry, ...]:
             raise Invalid(f"entry {show(entry)} must start with IP: or DNS: (e.g. IP:203.0.113.50,DNS:fl.example.org)")
         if kind == "IP":
             try:
-                out.append(SanEntry("IP", str(ipaddress.ip_address(rest))))
-            except ValueError:
-                raise Invalid(f"entry {show(entry)}: {show(rest)} is not an IP address") from None
+                out.append(SanEntry("IP", str(ip_address(rest))))
+            except Invalid as exc:
+                raise Invalid(f"entry {show(entry)}: {exc}") from None
         else:
             out.append(SanEntry("DNS", dns_name(rest, allow_wildcard=True)))
     seen: list[SanEntry] = []
@@ -139,6 +203,10 @@ def interface_cidr(value: str) -> IPInterface:
     """An address with prefix, e.g. ``10.10.9.0/31`` (the host's own address, not a network)."""
     if "/" not in value:
         raise Invalid(f"{show(value)} needs a prefix length, e.g. 10.10.9.1/24")
+    address, _, prefix = value.partition("/")
+    ip_address(address)  # ASCII, no zone id
+    if not re.fullmatch(r"[0-9]{1,3}", prefix):
+        raise Invalid(f"{show(value)}: the prefix length must be a number such as 24")
     try:
         return ipaddress.ip_interface(value)
     except ValueError:
@@ -150,10 +218,17 @@ def network_cidr(value: str) -> IPNetwork:
     v = value.strip()
     if "/" not in v:
         try:
-            ip = ipaddress.ip_address(v)
-        except ValueError:
+            ip = ip_address(v)
+        except Invalid:
             raise Invalid(f"{show(value)} is not an IP network (e.g. 10.10.9.0/24)") from None
         return ipaddress.ip_network(f"{ip}/{ip.max_prefixlen}")
+    address, _, prefix = v.partition("/")
+    try:
+        ip_address(address)
+    except Invalid as exc:
+        raise Invalid(f"{exc} (in network {show(value)})") from None
+    if not re.fullmatch(r"[0-9]{1,3}", prefix):
+        raise Invalid(f"{show(value)}: the prefix length must be a number such as 24")
     try:
         return ipaddress.ip_network(v, strict=True)
     except ValueError as exc:
@@ -163,9 +238,18 @@ def network_cidr(value: str) -> IPNetwork:
         raise Invalid(f"{show(value)} is not an IP network (e.g. 10.10.9.0/24)") from None
 
 
+def network_list(value: str) -> tuple[IPNetwork, ...]:
+    """Networks separated by commas (AllowedIPs), at most MAX_LIST."""
+    if value.count(",") >= MAX_LIST:
+        raise Invalid(f"has more than {MAX_LIST} entries")
+    return tuple(network_cidr(x) for x in value.split(","))
+
+
 def wg_key(value: str) -> str:
     """A WireGuard key: base64 of exactly 32 bytes (44 characters ending in '=')."""
     v = value.strip()
+    if not v.isascii():
+        raise Invalid("is not valid base64 (a WireGuard key looks like `wg genkey` output)")
     try:
         raw = base64.b64decode(v, validate=True)
     except (binascii.Error, ValueError):
@@ -191,31 +275,54 @@ def flower_version(value: str) -> tuple[int, int, int]:
     return v
 
 
-_NODE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
-_NODE_VALUE = re.compile(r"""(?:[A-Za-z0-9_.:/+@%-]+|"[^"\\\n\r\t]*")\Z""")
+# Flower 1.39's own reading of --node-config (flwr/common/config.py, parse_config_args): every
+# ``key=value`` match of this pattern becomes a ``key = value`` TOML line, parsed with tomli. Values
+# are therefore TOML: numbers, true/false, "double" or 'single' quoted strings (with spaces).
+_FLOWER_PAIR = re.compile(r"(\S+?)=(\'[^\']*\'|\"[^\"]*\"|\S+)")
+
+
+def _toml_loads(text: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib.loads(text)
 
 
 def node_config(value: str) -> tuple[tuple[str, str], ...]:
-    """``key=value`` pairs separated by spaces; values plain words or double-quoted strings."""
+    """``key=value`` pairs as Flower reads them: a value is a TOML literal (``0``, ``0.5``, ``true``,
+    ``"a string with spaces"``, ``'literal'``). What Flower would refuse is refused here, with its
+    reason; text Flower would silently drop (no ``key=``) is refused too, it never reaches Flower."""
+    if len(value) > 8192:
+        raise Invalid("is longer than 8192 characters")
+    if value.rstrip().endswith(".toml"):
+        raise Invalid(
+            "ends in '.toml', which Flower takes as the name of a TOML file to read on the VM; "
+            'quote the value (key="name.toml")'
+        )
     pairs: list[tuple[str, str]] = []
-    for item in value.split(" "):
-        if not item:
-            continue
-        key, sep, val = item.partition("=")
-        if not sep or not _NODE_KEY.match(key):
-            raise Invalid(
-                f"{show(item)} is not key=value (keys: letters, digits, _ . -), e.g. partition-id=0 num-partitions=2"
-            )
-        if not _NODE_VALUE.match(val):
-            raise Invalid(
-                f"{key}: value {show(val)} has characters not allowed (use a plain word or a \"quoted string\" "
-                "without quotes, backslashes or control characters inside)"
-            )
-        if any(k == key for k, _ in pairs):
-            raise Invalid(f"{key} is given twice")
-        pairs.append((key, val))
-    if any(c in value for c in "\n\r\t"):
-        raise Invalid("must be on one line, pairs separated by spaces")
+    rest = []
+    last = 0
+    for m in _FLOWER_PAIR.finditer(value):
+        rest.append(value[last : m.start()])
+        last = m.end()
+        pairs.append((m.group(1), m.group(2)))
+    rest.append(value[last:])
+    leftover = " ".join("".join(rest).split())
+    if leftover:
+        raise Invalid(
+            f"{show(leftover)} is not key=value; Flower would ignore it (pairs are separated by spaces, "
+            "e.g. partition-id=0 num-partitions=2 name=\"site b\")"
+        )
+    if len(pairs) > MAX_LIST:
+        raise Invalid(f"has more than {MAX_LIST} pairs")
+    try:
+        _toml_loads("\n".join(f"{k} = {v}" for k, v in pairs))
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
+        raise Invalid(
+            f"Flower cannot read it as key=value pairs ({exc}): values must be numbers, true/false "
+            'or quoted strings, e.g. partition-id=0 lr=0.1 name="site b"'
+        ) from None
     return tuple(pairs)
 
 

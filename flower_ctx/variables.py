@@ -232,7 +232,7 @@ REGISTRY: tuple[Variable, ...] = (
     ),
     Variable(
         "FL_WG_PEER_ALLOWED_IPS", LN, "text", "That peer's allowed IPs, comma-separated networks.",
-        lambda s: tuple(v.network_cidr(x) for x in s.split(",")),
+        v.network_list,
         display=lambda t: ",".join(str(x) for x in t), group="wireguard",
     ),
     Variable(

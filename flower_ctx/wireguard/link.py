@@ -98,6 +98,19 @@ def _route_del(ipr: Any, ifindex: int, net: IPNetwork, netlink_error: type[Excep
             raise
 
 
+def default_gateways(ipr: Any) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The gateways of the main table's default routes (the VM's way out on the underlay)."""
+    out = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.get_routes(family=family, table=MAIN_TABLE):
+            if r["dst_len"] != 0:
+                continue
+            gw = r.get_attr("RTA_GATEWAY")
+            if gw:
+                out.append(ipaddress.ip_address(gw.split("%")[0]))
+    return out
+
+
 def create_kernel_link(ipr: Any, ifname: str) -> bool:
     """Create a kernel WireGuard link. False when the kernel has no WireGuard (use wireguard-go)."""
     from pyroute2.netlink.exceptions import NetlinkError

@@ -203,9 +203,10 @@ def desired_routes(address: IPInterface, peers: Iterable[DesiredPeer]) -> tuple[
     A /0 is never routed (it would replace the VM's default route and cut the underlay the tunnel
     itself runs on); it is reported as a warning instead.
     """
+    from ..underlay import routed
+
     routes: set[IPNetwork] = set()
     warnings: list[str] = []
-    connected = address.network
     for peer in peers:
         for net in peer.allowed_ips:
             if net.prefixlen == 0:
@@ -213,10 +214,7 @@ def desired_routes(address: IPInterface, peers: Iterable[DesiredPeer]) -> tuple[
                     f"wg0 peer {short(peer.public_key)}: allowed IP {net} is accepted on the tunnel "
                     "but not routed (a default route through wg0 would cut the underlay)"
                 )
-                continue
-            if net.version == connected.version and net.subnet_of(connected):  # type: ignore[arg-type]
-                continue
-            routes.add(net)
+        routes |= routed(address.network, peer.allowed_ips)
     return frozenset(routes), warnings
 
 
