@@ -17,7 +17,7 @@ from .errors import ValidationError
 from .model import Config, Nic, OneGateAccess, PkiMaterial, Role, Secret, WgConfig, WgPeer
 from .peers import parse_peer_sections
 from .values import MAX_VALUE_LEN, Invalid, ip_address, show
-from .variables import BY_NAME, REGISTRY, Variable
+from .variables import BY_NAME, REGISTRY, Variable, all_names
 
 _NIC_RE = re.compile(r"ETH([0-9]+)_(IP|IP6)\Z")
 
@@ -106,6 +106,7 @@ def resolve(
         shown = "********" if var.secret else var.display(typed[var.name])
         table.append(Effective(var.name, shown, _source(var, used, env_names)))
 
+    ignored = _names(values, c)
     nics = _nics(values, c)
     onegate = _onegate(values, token, c)
     _keepalive_rules(typed, given, c)
@@ -133,6 +134,7 @@ def resolve(
         nics=nics,
         onegate=onegate,
         warnings=tuple(c.warnings),
+        ignored=ignored,
     )
     return config, table
 
@@ -163,6 +165,34 @@ def _mask(var: Variable, raw: str) -> str:
 
 def _parse_default(var: Variable) -> Any:
     return None if var.default is None else var.parse(var.default)
+
+
+# Names OpenNebula and one-context put in every CONTEXT that flower-ctx reads itself.
+_PLATFORM = re.compile(r"(ETH[0-9]+_(IP|IP6)|ONEGATE_ENDPOINT|VMID)\Z")
+_OURS = ("FL_", "FLOWER_", "ONEAPP_FL_", "ONEAPP_FLOWER_")
+
+
+def _names(values: Mapping[str, str], c: _Collector) -> tuple[str, ...]:
+    """Only the registry's own names are validated. Anything else is ignored: a name that is a
+    registry name in another case is an error (it would silently not apply); a name that looks
+    like one of ours (a typo) gets a warning; the rest is other software's CONTEXT."""
+    import difflib
+
+    known = all_names()
+    ignored: list[str] = []
+    for name in values:
+        if name in known or _PLATFORM.match(name):
+            continue
+        up = name.upper() if name.isascii() else name
+        if up in known:
+            c.err(name, f"names are upper-case: write {up} (as {name} it would not be read)")
+            continue
+        ignored.append(name)
+        if up.startswith(_OURS) and values[name]:
+            close = difflib.get_close_matches(up, sorted(known), n=1)
+            c.warnings.append(f"{name}: not a flower-ctx variable, ignored"
+                              + (f" (did you mean {close[0]}?)" if close else ""))
+    return tuple(sorted(ignored))
 
 
 def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:

@@ -138,6 +138,7 @@ class Config:
     nics: tuple[Nic, ...]
     onegate: OneGateAccess
     warnings: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()  # CONTEXT names that are not flower-ctx's (other software's)
 
     @property
     def operator_pki(self) -> bool:

@@ -255,12 +255,21 @@ class OneGateClient:
         self._request("PUT", "/vm", form={"data": data, "type": "1"}, deadline=deadline)
 
     def delete_vm_attr(self, name: str, *, deadline: float | None = None) -> bool:
-        """Delete one USER_TEMPLATE attribute. False when it did not exist (server: 500
-        ``attribute not found``), True when deleted."""
+        """Delete one USER_TEMPLATE attribute. True when deleted, False when it was not there.
+
+        OneGate answers a delete of an absent attribute with 500 (its text, "attribute not found",
+        is hidden behind "Internal server error" since 7.1.80), so a 500 is never retried: the VM is
+        read once to tell "already absent" from a real failure, which raises OneGateUnavailable.
+        """
         key = check_name(name)
         try:
             self._request("PUT", "/vm", form={"data": key, "type": "2"}, deadline=deadline, absent_ok=True)
         except _AttributeAbsent:
+            doc = self.get_vm(deadline=deadline)
+            ut = obj(obj(doc.get("VM"), "VM").get("USER_TEMPLATE"), "VM.USER_TEMPLATE")
+            if key in {str(k).upper() for k in ut}:
+                raise OneGateUnavailable(f"OneGate PUT /vm: deleting {key} failed (HTTP 500) and it is still set") \
+                    from None
             return False
         return True
 
@@ -333,7 +342,9 @@ class OneGateClient:
                 message = self._server_text(text)
                 if status < 500:
                     raise self._client_error(status, message, what)
-                if absent_ok and status == 500 and "attribute not found" in message.lower():
+                if absent_ok and status == 500:
+                    # A delete answered 500: "attribute not found" up to OneGate 7.0, a bare "Internal
+                    # server error" from 7.1.80 on. Never retried blindly: the caller checks.
                     raise _AttributeAbsent()
                 last = f"HTTP {status}" + (f" {message}" if message else "")
             if attempt < self.retries and not self._pause(attempt, end):
@@ -445,7 +456,7 @@ class OneGateClient:
 
 
 class _AttributeAbsent(Exception):
-    """Internal: delete of an attribute the VM does not have."""
+    """Internal: a delete answered 500 (the attribute may already be absent)."""
 
 
 def http_client() -> Any:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from .errors import OneGateError
 from .model import Config, HostPort
 from .onegate import OneGateClient, check_name, check_value, encode_value, obj
+from .variables import all_names
 
 FLEET_PORT = 9092
 MAX_ERROR_LEN = 200
@@ -34,6 +35,12 @@ MANAGED_ATTRS = (
     "FL_GRPC_KEEPALIVE_TIMEOUT",
     "FL_SUPERLINK",
 )
+
+
+# Deleted when no longer wanted: ours only. A CONTEXT variable's name (FL_GRPC_KEEPALIVE_TIME, ...)
+# is never deleted, even though the SuperLink publishes one: OneFlow copies every answered input
+# into the VM's USER_TEMPLATE under that name, and it is the operator's, not stale.
+STALE_CANDIDATES = tuple(a for a in MANAGED_ATTRS if a not in all_names())
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,8 @@ def publish_ready(
     problem: str | None = None
     try:
         current = _user_template(client)
-        _apply(client, current, wanted, stale=[k for k in MANAGED_ATTRS if k not in wanted], sent=sent, deleted=deleted)
+        _apply(client, current, wanted, stale=[k for k in STALE_CANDIDATES if k not in wanted], sent=sent,
+               deleted=deleted)
     except OneGateError as exc:
         problem = client.redact(str(exc))
 

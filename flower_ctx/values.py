@@ -10,6 +10,7 @@ import base64
 import binascii
 import ipaddress
 import re
+from collections.abc import Callable
 
 from .model import HostPort, IPAddress, IPInterface, IPNetwork, SanEntry
 
@@ -113,12 +114,34 @@ def text64(value: str) -> bytes:
         raise Invalid("is empty after removing whitespace; expected base64")
     if not compact.isascii():
         raise Invalid("is not valid base64 (it contains non-ASCII characters)")
-    if compact.startswith("-----BEGIN"):
-        raise Invalid("looks like a raw PEM; text64 values must be its base64 (e.g. `base64 -w0 FILE`)")
     try:
         return base64.b64decode(compact, validate=True)
     except (binascii.Error, ValueError):
         raise Invalid("is not valid base64") from None
+
+
+def text64_content(value: str, looks_right: Callable[[bytes], bool], what: str) -> bytes:
+    """The content of a ``text64`` input however the client delivered it.
+
+    The web UI passes what was typed through unchanged (raw text, or the base64 the operator
+    pasted); the ``oneflow-template instantiate`` CLI base64-encodes what was typed, so a value
+    pasted already encoded arrives encoded twice. Accepted: raw, base64 of it, base64 of that.
+    Raw multi-line text may come back from OneFlow 7 with a ',' added before each newline (its
+    template rewrite): those commas are taken off again.
+    """
+    raw = value.strip()
+    if looks_right(raw.encode("utf-8", "replace")):
+        return re.sub(r",[ \t]*(\r?\n)", r"\1", raw.rstrip(",")).encode("utf-8")
+    once = text64(value)
+    if looks_right(once):
+        return once
+    try:
+        twice = text64(once.decode("ascii"))
+    except (UnicodeDecodeError, Invalid):
+        twice = b""
+    if twice and looks_right(twice):
+        return twice
+    raise Invalid(f"decodes, but not to {what}; give the text itself or its base64 (e.g. `base64 -w0 FILE`)")
 
 
 def dns_name(value: str, allow_wildcard: bool = False) -> str:

@@ -8,6 +8,7 @@ involve several variables are in ``config``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -83,10 +84,7 @@ def _yes_no(b: bool) -> str:
 
 
 def _pem_bytes(value: str) -> bytes:
-    raw = v.text64(value)
-    if b"-----BEGIN" not in raw:
-        raise v.Invalid("decodes, but not to PEM text (expected -----BEGIN ...); encode the PEM file with base64")
-    return raw
+    return v.text64_content(value, lambda b: b.lstrip().startswith(b"-----BEGIN"), "PEM text (-----BEGIN ...)")
 
 
 def _pem_summary(raw: bytes) -> str:
@@ -94,8 +92,12 @@ def _pem_summary(raw: bytes) -> str:
     return f"PEM, {len(raw)} bytes, {n} block{'s' if n != 1 else ''}"
 
 
+# A wg-quick section header ([Peer], or an [Interface] pasted by mistake: the parser then names it).
+_PEER_HEADER = re.compile(rb"^[ \t]*\[[A-Za-z]+\][ \t]*,?[ \t]*\r?$", re.M)
+
+
 def _peers_text(value: str) -> str:
-    raw = v.text64(value)
+    raw = v.text64_content(value, lambda b: _PEER_HEADER.search(b) is not None, "[Peer] sections")
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:

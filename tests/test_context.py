@@ -99,12 +99,17 @@ def test_shell_special_names_are_plain_data(name: str) -> None:
     assert parse(f"{name}='value'\n".encode()) == {name: "value"}
 
 
+def test_any_name_opennebula_may_write_is_data() -> None:
+    # XML-submitted templates keep their case; such names are read (and later ignored), never fatal.
+    assert parse(b"foo='x'\n1ABC='y'\nmy-var='z'\nFl_Tls_Enabled='NO'\n") == {
+        "foo": "x", "1ABC": "y", "my-var": "z", "Fl_Tls_Enabled": "NO"}
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"my-var='x'\n", r":1: expected NAME='value'"),
-        (b"foo='x'\n", r":1: invalid variable name 'foo'"),
-        (b"1ABC='x'\n", r":1: invalid variable name '1ABC'"),
+        (b"my var='x'\n", r":1: expected NAME='value'"),
+        (b"=x\n", r":1: expected NAME='value'"),
         (b"\xef\xbb\xbfA='x'\n", r":1: starts with a byte-order mark"),
         (b"A='1'\nB='2'\nA='3'\n", r":3: A is set twice \(first on line 1\)"),
         (b"echo hi\n", r":1: expected NAME='value', found 'echo hi'"),

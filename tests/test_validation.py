@@ -83,7 +83,9 @@ BAD = [
     ("FL_CERT_EXTRA_SAN", "DNS:x\nIP:1.2.3.4", "control character"),
     ("FL_SSL_CA_CERTFILE", "not base64!", "not valid base64"),
     ("FL_SSL_CA_CERTFILE", b64("hello world"), "not to PEM"),
-    ("FL_SSL_CA_CERTFILE", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----", "raw PEM"),
+    ("FL_SSL_CA_CERTFILE", b64(b64("hello world")), "not to PEM"),
+    # Raw PEM is accepted (the web UI passes text64 through) and then checked like any PEM.
+    ("FL_SSL_CA_CERTFILE", "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----", "not a valid"),
     ("FL_SSL_CA_CERTFILE", b64("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), "not a valid"),
     ("FL_WG_ADDRESS", "10.10.9.1", "needs a prefix"),
     ("FL_WG_ADDRESS", "10.10.9.1/33", "not an address with prefix"),
@@ -100,7 +102,8 @@ BAD = [
     ("FL_WG_PEER_ENDPOINT", "2001:db8::1:51820", "brackets"),
     ("FL_WG_PEER_ALLOWED_IPS", "10.10.9.1/24", "host bits set; did you mean 10.10.9.0/24"),
     ("FL_WG_PEERS", "%%%", "not valid base64"),
-    ("FL_WG_PEERS", b64(b"\xff\xfe"), "not UTF-8"),
+    ("FL_WG_PEERS", b64(b"\xff\xfe"), "not to [Peer] sections"),
+    ("FL_WG_PEERS", b64(b"[Peer]\n\xff\xfe"), "not UTF-8"),
     ("FL_WG_PEERS", b64("[Interface]\nPrivateKey = x\n"), "only [Peer] sections"),
     (
         "FL_WG_PEERS",

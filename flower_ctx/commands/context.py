@@ -44,6 +44,7 @@ def check(role: str, context_file: Path | None, use_env: bool, root: Path | None
             "valid": True,
             "variables": {e.name: {"value": e.value, "source": e.source} for e in table},
             "warnings": list(config.warnings),
+            "ignored": list(config.ignored),
         }
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
         return
@@ -57,6 +58,9 @@ def check(role: str, context_file: Path | None, use_env: bool, root: Path | None
     og = config.onegate
     onegate = f"{og.endpoint} (VMID {og.vmid}, token {'present' if og.token else 'missing'})" if og.endpoint else "-"
     click.echo(f"  {'OneGate':<{width}}  {onegate}")
+    if config.ignored:
+        click.echo(f"  {'ignored':<{width}}  {len(config.ignored)} other CONTEXT variable(s), not flower-ctx's "
+                   "(--json lists them)")
     echo_warnings(config.warnings)
 
 
