@@ -126,13 +126,17 @@ def open_dir(path: Path | str, *, create: bool = False, create_mode: int = 0o755
             except FileNotFoundError:
                 if not create:
                     raise
+                made = False
                 try:
                     os.mkdir(name, create_mode, dir_fd=fd)
+                    made = True
                 except FileExistsError:
                     pass  # made by someone else meanwhile: opened (and checked) below
                 except OSError as exc:
                     raise _os_error("create directory", shown, exc) from None
                 nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                if made:
+                    os.fchmod(nfd, create_mode)  # the umask (0077 under one-apps) must not narrow it
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise _os_error("open directory", shown, exc) from None

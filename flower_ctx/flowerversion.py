@@ -36,13 +36,15 @@ def _install(want: str, timeout: float) -> tuple[bool, str]:
     with tempfile.TemporaryDirectory(prefix="flower-ctx-pip-") as tmp:
         try:
             out = subprocess.run([*pip, "download", "-d", tmp, f"flwr=={want}"], capture_output=True, text=True,
-                                 timeout=timeout, env=child_environment())
+                                 timeout=timeout, env=child_environment(), umask=0o022)
         except subprocess.TimeoutExpired:
             return False, f"download did not finish within {timeout:g} s"
         if out.returncode != 0:
             return False, (out.stderr.strip().splitlines() or ["pip download failed"])[-1][:200]
+        # umask 0022: the one-apps framework runs configure under umask 0077, and files pip writes
+        # with that would be unreadable for the `flower` user that runs Flower.
         out = subprocess.run([*pip, "install", "--no-index", "--find-links", tmp, f"flwr=={want}"],
-                             capture_output=True, text=True, env=child_environment())
+                             capture_output=True, text=True, env=child_environment(), umask=0o022)
         if out.returncode != 0:
             return False, (out.stderr.strip().splitlines() or ["pip install failed"])[-1][:200]
     return True, ""
