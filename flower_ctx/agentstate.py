@@ -46,6 +46,11 @@ SHAPES: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
         "ca_fingerprint": (False, _str_or_none),
         "superlink_vm": (False, _str_or_none),
     },
+    "identity.json": {
+        "vmid": (True, _str_or_none),
+        "name": (True, lambda v: isinstance(v, str) and len(v) < 256),
+        "number": (True, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10**6),
+    },
     "publication.json": {
         "time": (True, _int),
         "published": (True, lambda v: isinstance(v, bool)),

@@ -111,7 +111,7 @@ def resolve(
     onegate = _onegate(values, token, c)
     _keepalive_rules(typed, given, c)
     pki = _tls_rules(role, typed, given, values, onegate, c, now)
-    wg = _wg_rules(typed, given, c, onegate)
+    wg = _wg_rules(role, typed, given, c, onegate)
 
     if c.problems:
         raise ValidationError(c.problems)
@@ -212,6 +212,12 @@ def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:
             continue
         found.setdefault(idx, {})[kind] = addr
     return tuple(Nic(i, found[i].get("IP"), found[i].get("IP6")) for i in sorted(found))
+
+
+def onegate_access(values: Mapping[str, str], token: str | None) -> OneGateAccess:
+    """The VM's OneGate access from raw CONTEXT values, also when other variables are invalid (a
+    failed configure still reports itself); invalid endpoint or VMID give no access."""
+    return _onegate(values, token, _Collector())
 
 
 def _onegate(values: Mapping[str, str], token: str | None, c: _Collector) -> OneGateAccess:
@@ -354,7 +360,16 @@ def _load_ca(raw: bytes, name: str, c: _Collector, now: datetime.datetime | None
     return ca
 
 
-def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector, onegate: OneGateAccess) -> WgConfig | None:
+def is_pool(address: Any) -> bool:
+    """FL_WG_ADDRESS given as a network (host part all zero, room for hosts): a pool from which each
+    VM of a role takes its own address (identity.py). 10.10.9.0/31 and /32 stay host addresses."""
+    net = address.network
+    return address.ip == net.network_address and net.num_addresses >= 4
+
+
+def _wg_rules(
+    role: Role, typed: dict[str, Any], given: dict[str, str], c: _Collector, onegate: OneGateAccess
+) -> WgConfig | None:
     wg_names = [var.name for var in REGISTRY if var.group == "wireguard" and var.name != "FL_WG_ENABLED"]
     if not typed["FL_WG_ENABLED"]:
         set_names = [given[n] for n in wg_names if typed[n] is not None and BY_NAME[n].default is None]
@@ -396,6 +411,12 @@ def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector, onega
             if p.public_key == own:
                 c.err(peers_n if p.source != "FL_WG_PEER_*" else pk_n,
                       f"{p.source}: PublicKey is this VM's own public key; give the other side's key")
+    pool = None
+    if address is not None and is_pool(address):
+        pool = address.network
+        if role is Role.SUPERLINK:
+            c.err(given["FL_WG_ADDRESS"], f"{address} is a network (a pool for the VMs of a SuperNode role); the "
+                  "SuperLink hub needs its own address, e.g. " + str(next(pool.hosts())) + f"/{pool.prefixlen}")
     if address is not None and peers:
         _underlay_rules(address, peers, onegate, peers_n, aips_n, c)
     if address is None or any(n.startswith(("FL_WG", "ONEAPP_FL_WG")) for n, _ in c.problems):
@@ -407,6 +428,7 @@ def _wg_rules(typed: dict[str, Any], given: dict[str, str], c: _Collector, onega
         mtu=typed["FL_WG_MTU"],
         peers=tuple(peers),
         forward=typed["FL_WG_FORWARD"],
+        pool=pool,
     )
 
 

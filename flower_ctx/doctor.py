@@ -44,7 +44,7 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
     else:
         yield Check("context", OK, f"CONTEXT valid for {role}")
     if config is not None:
-        yield from _template_checks(values)
+        yield from _template_checks(values, paths)
     doc = runtime_doc(paths, role)
     if doc is None:
         yield Check("configured", PROBLEM, f"no runtime config at {paths.runtime_config(role)}",
@@ -53,6 +53,7 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
     yield from _service_check(paths, role)
     if config is None:
         return
+    yield from _watch_check(config, paths, role)
     if config.role is Role.SUPERLINK:
         yield from _superlink_tls(config, paths, doc)
     else:
@@ -62,12 +63,32 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
     yield from _onegate(config, paths)
 
 
-def _template_checks(values: dict[str, str]) -> Iterator[Check]:
-    missing = [n for n in ("TOKEN", "REPORT_READY") if values.get(n, "").lower() != "yes"]
-    if missing:
-        yield Check("vm template", WARNING, f"CONTEXT has no {' and no '.join(f'{n}=YES' for n in missing)}",
-                    "set CONTEXT TOKEN=YES and REPORT_READY=YES in the VM template so OneGate and OneFlow's "
-                    "ready_status_gate work")
+NET99 = "/etc/one-context.d/net-99-report-ready"
+
+
+def _template_checks(values: dict[str, str], paths: Paths) -> Iterator[Check]:
+    """VM template settings that break readiness: no OneGate, or READY reported before Flower serves."""
+    from .files import read_file
+
+    if values.get("TOKEN", "").lower() != "yes":
+        yield Check("vm template", PROBLEM, "CONTEXT has no TOKEN=YES: no OneGate, so READY can neither be "
+                    "reported nor withdrawn", "set CONTEXT TOKEN=YES in the VM template")
+    for name in ("READY_SCRIPT", "READY_SCRIPT_PATH"):
+        if values.get(name):
+            yield Check("vm template", WARNING, f"CONTEXT sets {name}: the stock one-context net-99 reports "
+                        "READY=YES as soon as that script passes, whether Flower serves or not",
+                        f"remove {name}; flower-ctx publishes READY itself when Flower really serves")
+    if values.get("REPORT_READY", "") != "YES":
+        return
+    try:
+        net99 = read_file(paths.root / NET99.lstrip("/"), limit=256 * 1024).decode("utf-8", "replace")
+    except (OSError, FlowerCtxError):
+        return  # no net-99 on this VM: nothing reports READY but flower-ctx
+    if "bootstrap_success" not in net99:
+        yield Check("vm template", PROBLEM, f"REPORT_READY=YES and {NET99} is not the one-apps one: it reports "
+                    "READY=YES when contextualization ends, before Flower is ready",
+                    "install the appliance image's net-99 (one-apps: waits for bootstrap_success), or set "
+                    "REPORT_READY=NO in the VM template (flower-ctx publishes READY itself)")
 
 
 def _service_check(paths: Paths, role: str) -> Iterator[Check]:
@@ -80,6 +101,19 @@ def _service_check(paths: Paths, role: str) -> Iterator[Check]:
         where = "journalctl -u flower-" + role if state.manager == "systemd" else f"{paths.flower_home}/run/{role}.log"
         yield Check("service", PROBLEM, f"flower-{role} is {state.detail}",
                     f"run flower-ctx bootstrap --role {role}; its log: {where}")
+
+
+def _watch_check(config: Config, paths: Paths, role: str) -> Iterator[Check]:
+    from .supervisor import for_machine, unit_name, watch_service
+
+    if paths.staged or not config.onegate.usable:
+        return
+    state = for_machine(paths).state(watch_service(role))
+    if state.running:
+        yield Check("readiness watch", OK, f"{unit_name(watch_service(role))} {state.detail}")
+    else:
+        yield Check("readiness watch", PROBLEM, f"{unit_name(watch_service(role))} is {state.detail}: FL_READY in "
+                    "OneGate is not kept current", f"run flower-ctx bootstrap --role {role}")
 
 
 def _cert_checks(label: str, path: Path, now: datetime.datetime) -> Iterator[Check]:

@@ -88,12 +88,20 @@ class WgPeer:
 
 @dataclass(frozen=True)
 class WgConfig:
+    # This VM's tunnel address. With a pool (FL_WG_ADDRESS given as a network), it is the pool's
+    # network address until identity.apply() gives the VM its own host in the pool.
     address: IPInterface
     private_key: Secret | None  # None: generate once on the VM and keep it
     listen_port: int
     mtu: int
     peers: tuple[WgPeer, ...]
     forward: bool
+    pool: IPNetwork | None = None  # FL_WG_ADDRESS as a pool shared by the VMs of one role
+
+    @property
+    def unresolved(self) -> bool:
+        """A pool address not yet turned into this VM's own address."""
+        return self.pool is not None and self.address.ip == self.pool.network_address
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ MANAGED_ATTRS = (
     "FL_CA_CERT",
     "FL_CA_FINGERPRINT",
     "FL_WG_PUBLIC_KEY",
+    "FL_WG_TUNNEL_ADDRESS",
     "FL_GRPC_KEEPALIVE_TIME",
     "FL_GRPC_KEEPALIVE_TIMEOUT",
     "FL_SUPERLINK",
@@ -107,6 +108,9 @@ def superlink_attrs(
         attrs["FL_CA_FINGERPRINT"] = fingerprint(load_certs(ca_pem)[0])
     if config.wg is not None and wg_public_key:
         attrs["FL_WG_PUBLIC_KEY"] = wg_public_key
+    if config.wg is not None and not config.wg.unresolved:
+        # The hub needs it for this VM's [Peer] AllowedIPs (a pool gives each VM its own).
+        attrs["FL_WG_TUNNEL_ADDRESS"] = str(config.wg.address)
     attrs["FL_GRPC_KEEPALIVE_TIME"] = str(config.keepalive_time)
     attrs["FL_GRPC_KEEPALIVE_TIMEOUT"] = str(config.keepalive_timeout)
     return attrs
@@ -122,6 +126,9 @@ def supernode_attrs(
         attrs["FL_SUPERLINK"] = format_endpoint(target)
     if config.wg is not None and wg_public_key:
         attrs["FL_WG_PUBLIC_KEY"] = wg_public_key
+    if config.wg is not None and not config.wg.unresolved:
+        # The hub needs it for this VM's [Peer] AllowedIPs (a pool gives each VM its own).
+        attrs["FL_WG_TUNNEL_ADDRESS"] = str(config.wg.address)
     return attrs
 
 
@@ -156,8 +163,10 @@ def publish_ready(
     client: OneGateClient,
     attrs: Mapping[str, str],
     health: Callable[[], HealthResult],
+    stale: Iterable[str] | None = None,
 ) -> PublishResult:
-    """Publish ``attrs``, run ``health``, then report ready or not (see the module doc)."""
+    """Publish ``attrs``, run ``health``, then report ready or not (see the module doc).
+    ``stale``: attributes to delete when present (default: the managed ones not in ``attrs``)."""
     wanted = {check_name(k): check_value(check_name(k), v) for k, v in attrs.items()}
     sent: dict[str, str] = {}
     deleted: list[str] = []
@@ -165,8 +174,9 @@ def publish_ready(
     problem: str | None = None
     try:
         current = _user_template(client)
-        _apply(client, current, wanted, stale=[k for k in STALE_CANDIDATES if k not in wanted], sent=sent,
-               deleted=deleted)
+        if stale is None:
+            stale = [k for k in STALE_CANDIDATES if k not in wanted]
+        _apply(client, current, wanted, stale=stale, sent=sent, deleted=deleted)
     except OneGateError as exc:
         problem = client.redact(str(exc))
 

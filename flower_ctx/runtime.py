@@ -14,6 +14,7 @@ common keys
                     (SuperNode: only ca_certfile, the CA it trusts)
   http_api          {"host": str, "port": int}   Flower's own HTTP API (Runtime/Control), loopback
   health_server_address  "host:port" | null      Flower's optional gRPC health server
+  wg_address        "10.10.9.66/26" | null        this VM's tunnel address (derived from a pool or given)
 superlink only
   fleet_api_address "0.0.0.0:9092"               the Fleet API (gRPC), the only non-loopback listener
   state_dir         path                          SuperLink state directory (0700 flower)
@@ -75,6 +76,7 @@ def build_runtime_config(config: Config, paths: Paths, *, superlink_address: Hos
         "keepalive": {"time_s": config.keepalive_time, "timeout_s": config.keepalive_timeout},
         "tls": _tls_block(config, paths),
         "health_server_address": None,
+        "wg_address": str(config.wg.address) if config.wg is not None and not config.wg.unresolved else None,
     }
     if config.role is Role.SUPERLINK:
         doc["http_api"] = {"host": LOOPBACK, "port": SUPERLINK_HTTP_PORT}
@@ -153,6 +155,8 @@ def problems(doc: Any, role: str) -> list[str]:
     http = doc.get("http_api")
     need("http_api", isinstance(http, dict) and http.get("host") in ("127.0.0.1", "::1", "localhost")
          and _int_ok(http.get("port"), 1, 65535), "must be a loopback host and a port")
+    wa = doc.get("wg_address")
+    need("wg_address", wa is None or (isinstance(wa, str) and len(wa) < 64), "must be null or an address")
     hs = doc.get("health_server_address")
     need("health_server_address", hs is None or _address_ok(hs), "must be null or host:port")
     if role == "superlink":

@@ -29,8 +29,26 @@ from .paths import Paths
 _SCRUB = re.compile(r"(FL_|ONEAPP_|FLOWER_VERSION\Z|TOKENTXT\Z|ONEGATE_TOKEN\Z|ETH[0-9]+_)")
 
 
-def unit_name(role: str) -> str:
-    return f"flower-{role}.service"
+# The services flower-ctx starts: Flower itself per role, and per role the watch that keeps the
+# VM's readiness in OneGate current (a unit of its own: it must outlive one-apps' reconfigure).
+WATCH_PREFIX = "watch-"
+
+
+def watch_service(role: str) -> str:
+    return WATCH_PREFIX + role
+
+
+def unit_name(service: str) -> str:
+    if service.startswith(WATCH_PREFIX):
+        return f"flower-ctx-watch@{service[len(WATCH_PREFIX):]}.service"
+    return f"flower-{service}.service"
+
+
+def service_argv(service: str) -> list[str]:
+    """What the built-in supervisor runs for ``service`` (systemd runs the unit's ExecStart)."""
+    if service.startswith(WATCH_PREFIX):
+        return ["watch", "--role", service[len(WATCH_PREFIX):]]
+    return ["run", service]
 
 
 def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -58,8 +76,11 @@ def proc_start_time(pid: int) -> str | None:
 
 
 def fingerprint_inputs(paths: Paths, role: str) -> str:
-    """Hash of what the service reads at start; a change means it must be restarted."""
+    """Hash of what the service reads at start; a change means it must be restarted. The watch
+    re-reads everything at each check, so nothing restarts it."""
     h = hashlib.sha256()
+    if role.startswith(WATCH_PREFIX):
+        return h.hexdigest()
     for p in (paths.runtime_config(role), paths.ca_cert, paths.server_cert, paths.server_key):
         try:
             h.update(read_file(p))
@@ -94,8 +115,10 @@ class Supervisor:
     def state(self, role: str) -> ServiceState:
         raise NotImplementedError
 
-    def ensure_running(self, role: str) -> str:
-        """Start (or restart after a change) the role's service. Returns what was done."""
+    def ensure_running(self, role: str, extra: list[str] | None = None) -> str:
+        """Start (or restart after a change) the service (a role, or ``watch-<role>``). Returns what
+        was done. ``extra`` arguments reach the built-in supervisor's command line only (a systemd
+        unit runs its own ExecStart on the VM's defaults)."""
         raise NotImplementedError
 
     def stop(self, role: str) -> None:
@@ -115,7 +138,7 @@ class SystemdSupervisor(Supervisor):
         active = props.get("ActiveState") == "active"
         return ServiceState(active, pid, f"{props.get('ActiveState', '?')} ({props.get('SubState', '?')})", "systemd")
 
-    def ensure_running(self, role: str) -> str:
+    def ensure_running(self, role: str, extra: list[str] | None = None) -> str:
         unit = unit_name(role)
         restart = self.needs_restart(role)
         self._systemctl("daemon-reload")
@@ -162,7 +185,7 @@ class BuiltinSupervisor(Supervisor):
             return ServiceState(False, pid, "exited", self.manager)
         return ServiceState(True, pid, f"running (pid {pid})", self.manager)
 
-    def ensure_running(self, role: str) -> str:
+    def ensure_running(self, role: str, extra: list[str] | None = None) -> str:
         st = self.state(role)
         if st.running and not self.needs_restart(role):
             return "unchanged"
@@ -170,7 +193,7 @@ class BuiltinSupervisor(Supervisor):
         if st.running:
             self.stop(role)
         ensure_dir(self.run_dir, 0o755)
-        argv = [sys.executable, "-m", "flower_ctx", "run", role]
+        argv = [sys.executable, "-m", "flower_ctx", *service_argv(role), *(extra or [])]
         if self.paths.staged:
             argv += ["--root", str(self.paths.root)]
         log = open_for_append(self.log_file(role))

@@ -63,8 +63,9 @@ def test_invalid_context_changes_nothing(tmp_path: Path, stage: Path) -> None:
 def test_json_output(stage: Path) -> None:
     out = configure("--role", "superlink", "--context", str(EXAMPLE), "--root", str(stage), "--json")
     doc = json.loads(out.stdout)
-    assert doc["changed"] is True and [s["name"] for s in doc["steps"]] == ["flower", "tls", "wireguard", "runtime"]
-    assert doc["steps"][1]["facts"]["ca_fingerprint"].startswith("sha256:")
+    assert doc["changed"] is True
+    assert [s["name"] for s in doc["steps"]] == ["identity", "flower", "tls", "wireguard", "runtime"]
+    assert doc["steps"][2]["facts"]["ca_fingerprint"].startswith("sha256:")
 
 
 @pytest.mark.parametrize("role", ["superlink", "supernode"])

@@ -66,6 +66,7 @@ def test_superlink_attrs_with_tls_and_wireguard(ca_pem: bytes) -> None:
         "FL_CA_CERT": base64.b64encode(ca_pem).decode(),
         "FL_CA_FINGERPRINT": "sha256:" + hashlib.sha256(der).hexdigest(),
         "FL_WG_PUBLIC_KEY": WG_PUB,
+        "FL_WG_TUNNEL_ADDRESS": "10.10.9.0/31",
         "FL_GRPC_KEEPALIVE_TIME": "45",
         "FL_GRPC_KEEPALIVE_TIMEOUT": "15",
     }
@@ -102,6 +103,7 @@ def test_supernode_attrs() -> None:
         "FL_VERSION": "1.39.0",
         "FL_SUPERLINK": "203.0.113.9:9092",
         "FL_WG_PUBLIC_KEY": WG_PUB,
+        "FL_WG_TUNNEL_ADDRESS": "10.10.9.0/31",
     }
     discovered = supernode_attrs(dataclasses.replace(cfg, wg=None), superlink=HostPort("192.0.2.1", 9092))
     assert discovered == {"FL_ROLE": "supernode", "FL_VERSION": "1.39.0", "FL_SUPERLINK": "192.0.2.1:9092"}
@@ -214,9 +216,22 @@ def test_stale_material_is_removed_when_tls_is_turned_off(gate: OneGateServer, c
     assert "FL_CA_CERT" in gate.user_template(vm)
     plain = dataclasses.replace(cfg, tls_enabled=False, wg=None)
     result = publish_ready(_client(gate, vm), superlink_attrs(plain), lambda: HealthResult(True))
-    assert set(result.deleted) == {"FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_WG_PUBLIC_KEY"}
+    assert set(result.deleted) == {"FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_WG_PUBLIC_KEY", "FL_WG_TUNNEL_ADDRESS"}
     ut = gate.user_template(vm)
     assert ut["FL_TLS"] == "NO" and not {"FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_WG_PUBLIC_KEY"} & set(ut)
+
+
+def test_inputs_oneflow_copied_into_the_user_template_are_never_deleted(gate: OneGateServer) -> None:
+    # OneFlow 7 copies every answered input into USER_TEMPLATE; a SuperNode does not publish the
+    # keepalive attributes the SuperLink publishes under the same names: they are inputs, not stale.
+    vm = gate.add_vm(user_template={"FL_GRPC_KEEPALIVE_TIME": "30", "FL_GRPC_KEEPALIVE_TIMEOUT": "10",
+                                    "FL_SUPERLINK_ADDRESS": "203.0.113.9:9092", "FL_ENDPOINT": "old:9092"})
+    cfg = make_config("supernode", superlink_address=HostPort("203.0.113.9", 9092))
+    result = publish_ready(_client(gate, vm), supernode_attrs(cfg), lambda: HealthResult(True))
+    ut = gate.user_template(vm)
+    assert ut["FL_GRPC_KEEPALIVE_TIME"] == "30" and ut["FL_GRPC_KEEPALIVE_TIMEOUT"] == "10"
+    assert ut["FL_SUPERLINK_ADDRESS"] == "203.0.113.9:9092"
+    assert result.deleted == ("FL_ENDPOINT",)  # a SuperLink attribute flower-ctx published, now stale
 
 
 def test_unrelated_user_template_attributes_are_left_alone(gate: OneGateServer) -> None:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +9,7 @@ import click
 
 from ..config import Effective, resolve
 from ..context import ContextSource, load
-from ..files import ensure_dir, open_lock
+from ..lock import MachineBusy, machine_lock  # noqa: F401 - the commands' lock
 from ..model import Config
 from ..paths import Paths
 from ..variables import all_names
@@ -68,11 +64,16 @@ def paths_for(root: Path | None) -> Paths:
     return Paths(root.resolve()) if root is not None else Paths()
 
 
+def load_source(context_file: Path | None, use_env: bool, paths: Paths) -> ContextSource:
+    """Find and parse CONTEXT (ContextError, exit 2)."""
+    return load(context_file, paths=paths, use_env=use_env, env_names=all_names())
+
+
 def load_validated(
     role: str, context_file: Path | None, use_env: bool, paths: Paths
 ) -> tuple[Config, ContextSource, list[Effective]]:
     """Read CONTEXT and validate it; raises ContextError / ValidationError (exit 2)."""
-    src = load(context_file, paths=paths, use_env=use_env, env_names=all_names())
+    src = load_source(context_file, use_env, paths)
     config, table = resolve(role, src.values, token=src.token, env_names=src.env_names)
     return config, src, table
 
@@ -80,19 +81,3 @@ def load_validated(
 def echo_warnings(warnings: Any) -> None:
     for w in dict.fromkeys(warnings):  # de-duplicated, in order
         click.echo(f"warning: {w}", err=True)
-
-
-@contextlib.contextmanager
-def machine_lock(paths: Paths) -> Iterator[None]:
-    """One writer at a time per machine (boot hook vs an operator at the console, configure vs bootstrap)."""
-    ensure_dir(paths.agent_dir, 0o700)
-    fd = open_lock(paths.agent_dir / "configure.lock")
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            click.echo("waiting for another flower-ctx configure to finish...", err=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import click
 
-from ..errors import EXIT_FAILED, ApplyError
+from ..errors import EXIT_FAILED, ApplyError, ContextError, FlowerCtxError, ValidationError
 from ..files import remove_stale_temps
 from ..model import Config
 from ..paths import Paths
 from ..plan import StepResult
+from ..watch import context_problem
 from ._common import (
     context_option,
     echo_warnings,
     env_option,
+    load_source,
     load_validated,
     machine_lock,
     paths_for,
@@ -51,7 +53,15 @@ def _steps() -> list[tuple[str, Step]]:
 
 
 def run_steps(config: Config, paths: Paths, *, dry_run: bool) -> list[StepResult]:
-    results = []
+    from .. import identity
+
+    ident = StepResult("identity")
+    config, number = identity.apply(config, paths, remember=not dry_run)
+    if number is not None:
+        ident.facts["vm_number"] = str(number)
+    if config.wg is not None and config.wg.pool is not None:
+        ident.facts["wg_address"] = f"{config.wg.address} (from the pool {config.wg.pool})"
+    results = [ident]
     for name, step in _steps():
         try:
             results.append(step(config, paths, dry_run=dry_run))
@@ -70,7 +80,7 @@ def _print(results: list[StepResult], dry_run: bool, role: str, paths: Paths) ->
         for s in r.skipped:
             click.echo(f"  {'skipped':<{w_out}}  {s}  (--root: system effect not performed)")
     facts = {k: v for r in results for k, v in r.facts.items()}
-    for key in ("ca_fingerprint", "server_sans", "wg_public_key", "superlink_address"):
+    for key in ("vm_number", "ca_fingerprint", "server_sans", "wg_address", "wg_public_key", "superlink_address"):
         if key in facts:
             click.echo(f"  {key.replace('_', ' ')}: {facts[key]}")
     pending = sum(1 for r in results for c in r.changes if c.pending)
@@ -79,6 +89,45 @@ def _print(results: list[StepResult], dry_run: bool, role: str, paths: Paths) ->
         click.echo(f"{role}: {pending} change(s) pending{where}" if pending else f"{role}: unchanged{where}")
     else:
         click.echo(f"{role}: {pending} change(s) applied{where}" if pending else f"{role}: unchanged{where}")
+
+
+def _record_failure(paths: Paths, error: str | None) -> None:
+    """The watch must not report READY for a machine whose configure failed (Flower may still run
+    from before): the failure is recorded until a configure succeeds."""
+    from .. import agentstate
+    from ..files import unlink
+    from ..watch import FAILED_CONFIGURE
+
+    try:
+        if error is None:
+            unlink(paths.agent_dir / FAILED_CONFIGURE)
+        else:
+            from ..readiness import sanitize_error
+
+            agentstate.write(paths, FAILED_CONFIGURE, {"error": sanitize_error(error)})
+    except FlowerCtxError:
+        pass  # a full or read-only disk: the failure itself is what the operator sees
+
+
+def _report_failure(error: str, role: str, context_file: Path | None, use_env: bool, paths: Paths,
+                    config: Config | None = None) -> None:
+    """FL_READY=NO and FL_ERROR in OneGate, READY withdrawn; OneGate trouble is only reported."""
+    from ..boot import client_for, publish_failure
+    from ..config import onegate_access
+
+    access = config.onegate if config is not None else None
+    if access is None:
+        try:
+            src = load_source(context_file, use_env, paths)
+            access = onegate_access(src.values, src.token)
+        except FlowerCtxError:
+            click.echo("configure: CONTEXT unreadable, so OneGate cannot be told", err=True)
+            return
+    try:
+        summary = publish_failure(client_for(access, paths, timeout=5.0, retries=1, deadline=20.0), paths, error)
+    except FlowerCtxError as exc:
+        summary = f"OneGate: could not publish ({exc})"
+    click.echo(f"configure: {summary}", err=True)
 
 
 @click.command("configure")
@@ -101,17 +150,31 @@ def command(
     IP forwarding, pip) are listed, not done.
     """
     paths = paths_for(root)
-    config, _src, _table = load_validated(role, context_file, use_env, paths)
+    report = not dry_run and not paths.staged
+    try:
+        config, _src, _table = load_validated(role, context_file, use_env, paths)
+    except (ContextError, ValidationError) as exc:
+        if report:  # nothing on the machine changes; OneGate is told, READY withdrawn
+            _report_failure(context_problem(exc, role), role, context_file, use_env, paths)
+        raise
     if dry_run:
         results = run_steps(config, paths, dry_run=True)
     else:
         if paths.staged:
             paths.root.mkdir(parents=True, exist_ok=True)  # an existing root keeps its mode
-        with machine_lock(paths):
-            # Temp files of a run killed mid-write never hold a live file: drop them (keys included).
-            for d in (paths.certs_dir, paths.config_dir, paths.wg_dir, paths.agent_dir):
-                remove_stale_temps(d)
-            results = run_steps(config, paths, dry_run=False)
+        try:
+            with machine_lock(paths):
+                # Temp files of a run killed mid-write never hold a live file: drop them (keys included).
+                for d in (paths.certs_dir, paths.config_dir, paths.wg_dir, paths.agent_dir):
+                    remove_stale_temps(d)
+                results = run_steps(config, paths, dry_run=False)
+        except FlowerCtxError as exc:
+            if report:
+                _record_failure(paths, str(exc))
+                _report_failure(f"configure failed: {exc}", role, context_file, use_env, paths, config)
+            raise
+        if report:
+            _record_failure(paths, None)
     warnings = list(config.warnings) + [w for r in results for w in r.warnings]
     pending = any(c.pending for r in results for c in r.changes)
     if as_json:

@@ -23,3 +23,43 @@ def keygen() -> None:
     private = generate_private_key()
     click.echo(f"private key  {private}  (secret: FL_WG_PRIVATE_KEY of the VM that owns it)")
     click.echo(f"public key   {public_key_from_private(private)}  (for its peers: FL_WG_PEER_PUBLIC_KEY)")
+
+
+@command.command()
+@click.option("--role", type=click.Choice(["superlink", "supernode"]), default=None,
+              help="Role of this VM (default: the one configured).")
+@click.option("--root", "root", type=click.Path(file_okay=False), default=None,
+              help="Read the machine's files under DIR (a tree made by `configure --root DIR`).")
+def peer(role: str | None, root: str | None) -> None:
+    """Print the [Peer] section the hub needs for this VM: its public key and its tunnel address
+    as AllowedIPs (/32 or /128). Paste it into the hub's FL_WG_PEERS (one section per VM; with a
+    pool, each VM of the role has its own address). Nothing secret is printed.
+    """
+    from pathlib import Path
+
+    from ..errors import FlowerCtxError
+    from ..inspect import detect_role
+    from ._common import paths_for
+
+    paths = paths_for(Path(root) if root else None)
+    role = role or detect_role(paths)
+    if role is None:
+        raise FlowerCtxError("not configured: run flower-ctx configure first (or pass --role)")
+    from ..files import read_file
+    from ..health import runtime_doc
+    from ..wireguard import public_key_from_private
+
+    address = (runtime_doc(paths, role) or {}).get("wg_address")
+    if not address:
+        raise FlowerCtxError("WireGuard is not configured on this VM (FL_WG_ENABLED=YES, then flower-ctx configure)")
+    try:
+        public = public_key_from_private(read_file(paths.wg_key).decode("ascii").strip())
+    except (OSError, ValueError, FlowerCtxError):
+        from ..inspect import wg_status  # the key came from CONTEXT: ask the live interface
+
+        live = wg_status(paths)
+        if live is None or not live.public_key:
+            raise FlowerCtxError(f"no WireGuard key at {paths.wg_key} and no live wg0 to ask") from None
+        public = live.public_key
+    host = address.split("/")[0]
+    click.echo(f"[Peer]\nPublicKey = {public}\nAllowedIPs = {host}/{32 if ':' not in host else 128}")

@@ -1,0 +1,137 @@
+"""The watch: keeps this VM's readiness in OneGate current for as long as the VM runs.
+
+bootstrap reports readiness once, at boot. Afterwards a tunnel goes down, a SuperLink restarts, an
+operator breaks the CONTEXT: the watch (``flower-ctx watch``, the ``flower-ctx-watch@ROLE`` unit,
+or a service of the built-in supervisor) re-checks every ``interval`` seconds and publishes
+``FL_READY``/``FL_ERROR``/``READY`` whenever the answer changes, and again every ``RESYNC_S``
+seconds so a READY set behind its back (one-apps' net-99, another VM of the service) is withdrawn.
+An outage is therefore in OneGate within about ``interval`` + the probe timeout + one OneGate call.
+
+Every check starts from the CONTEXT as it is now (a reconfigure applies without a restart), so an
+invalid CONTEXT is reported with the variables it names. A SuperNode still looking for its
+SuperLink keeps discovering it here and starts Flower once it is found.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import agentstate
+from .boot import client_for, discover, needs_discovery, publish, publish_failure
+from .errors import ContextError, FlowerCtxError, ValidationError
+from .health import Health, check
+from .model import Config, OneGateAccess
+from .paths import Paths
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 5.0
+RESYNC_S = 30.0
+PROBE_TIMEOUT_S = 3.0
+DISCOVERY_S = 10.0  # per check: the watch never blocks long, the next check tries again
+FAILED_CONFIGURE = "configure-failed.json"
+
+
+def context_problem(exc: FlowerCtxError, role: str) -> str:
+    """FL_ERROR for a CONTEXT that does not validate: the variables, never their values."""
+    if isinstance(exc, ValidationError):
+        names = " ".join(dict.fromkeys(name for name, _ in exc.problems))  # no ',': OneGate cannot hold it
+        return f"CONTEXT invalid: {names} (run flower-ctx context check --role {role} on the VM)"
+    return f"CONTEXT unreadable: {exc}"
+
+
+@dataclass
+class Watch:
+    role: str
+    paths: Paths
+    context_file: Path | None = None
+    interval: float = INTERVAL_S
+    say: Callable[[str], None] = print
+    # The OneGate client for an access (None: not configured) and the health check; tests hand in
+    # their own (a OneGate double on a staging root, a scripted outage).
+    client_factory: Callable[[OneGateAccess], Any] | None = None
+    health_check: Callable[..., Health] = check
+
+    def __post_init__(self) -> None:
+        self._last: tuple[bool, str] | None = None
+        self._synced = float("-inf")
+        self._looking = False  # this watch is discovering the SuperLink and will start Flower
+
+    def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
+        """One check from the CONTEXT as it is now."""
+        from .config import onegate_access, resolve
+        from .context import load
+        from .lock import machine_lock
+        from .supervisor import for_machine
+
+        try:
+            src = load(self.context_file, paths=self.paths)
+        except ContextError as exc:
+            return Health(False, context_problem(exc, self.role)), None, None
+        try:
+            config, _ = resolve(self.role, src.values, token=src.token)
+        except ValidationError as exc:
+            return Health(False, context_problem(exc, self.role)), None, onegate_access(src.values, src.token)
+        failed = agentstate.read_or_none(self.paths, FAILED_CONFIGURE)
+        if failed:
+            return Health(False, f"configure failed: {failed.get('error') or 'see its log'}"), config, config.onegate
+        sup = for_machine(self.paths)
+        if needs_discovery(config, self.paths):
+            from .discovery import DiscoveryTimeout
+
+            self._looking = True
+            client = self._client(config.onegate, retries=3)
+            try:
+                with machine_lock(self.paths, wait=False):
+                    discover(config, self.paths, client, DISCOVERY_S, self.say)
+            except DiscoveryTimeout as exc:
+                return Health(False, f"waiting for SuperLink: {exc}", waiting=True), config, config.onegate
+            except FlowerCtxError as exc:
+                return Health(False, str(exc)), config, config.onegate
+        if self._looking and not sup.state(self.role).running:
+            with machine_lock(self.paths, wait=False):
+                self.say(f"flower-{self.role} {sup.ensure_running(self.role)} ({sup.manager})")
+        health = self.health_check(config, self.paths, sup, timeout=PROBE_TIMEOUT_S)
+        if health.ok:
+            self._looking = False
+        return health, config, config.onegate
+
+    def tick(self) -> None:
+        """Check, and publish when the answer changed or a resync is due."""
+        try:
+            health, config, access = self.check_once()
+        except FlowerCtxError as exc:  # a damaged file, a busy lock: report, try again next time
+            health, config, access = Health(False, str(exc)), None, None
+        key = (health.ok, health.detail)
+        now = time.monotonic()
+        if key == self._last and now - self._synced < RESYNC_S:
+            return
+        if access is None:
+            if key != self._last:
+                self.say(("ready: " if health.ok else "not ready: ") + health.detail + " (OneGate unknown)")
+            self._last, self._synced = key, now
+            return
+        client = self._client(access)
+        summary = publish(config, self.paths, client, health) if config is not None else \
+            publish_failure(client, self.paths, health.detail)
+        if key != self._last:
+            self.say(("ready: " if health.ok else "not ready: ") + health.detail)
+            self.say(summary)
+        if "could not publish" not in summary:
+            self._last, self._synced = key, now
+
+    def _client(self, access: OneGateAccess, retries: int = 1) -> Any:
+        if self.client_factory is not None:
+            return self.client_factory(access)
+        return client_for(access, self.paths, timeout=5.0, retries=retries, deadline=15.0)
+
+    def run(self, stop: Callable[[], bool] = lambda: False) -> None:
+        while not stop():
+            started = time.monotonic()
+            self.tick()
+            time.sleep(max(0.0, self.interval - (time.monotonic() - started)))
