@@ -11,8 +11,17 @@ VMs and OneFlow services and enforces what the real ``onegate-server.rb`` does:
 - ``GET /vm``, ``GET /vms/<id>``: ``VM`` with string scalars, ``TEMPLATE`` holding only ``NIC`` and
   ``NIC_ALIAS`` (always arrays); other VMs only inside the caller's service (400 otherwise);
 - ``GET /service``: ``id`` a string, integer ``state``/``cardinality``/``deploy_id``, ``running``
-  null, a 6-field ``vm_info`` (the full, non-normalised VM hash only with ``extended``);
-- plain-text error bodies with ``Content-Type: application/json; charset=utf-8``.
+  null, a 6-field ``vm_info`` (the full, non-normalised VM hash only with ``extended``, with the
+  VM's whole ``TEMPLATE.CONTEXT`` when the VM was given one: every VM of a service can read it);
+- plain-text error bodies with ``Content-Type: application/json; charset=utf-8``;
+- ``version`` (default ``7.0.0``): from 7.1.80 on, every 500 answers ``Internal server error`` (the
+  server's ``error 500`` block), "attribute not found" included; before, the real text.
+
+For the OneFlow double (``tests/oneflow_double.py``): :meth:`OneGateServer.add_vm` takes NICs,
+the final CONTEXT and extra TEMPLATE attributes; :class:`FakeRole` a ``cardinality`` (the wanted
+count, shown in ``GET /service`` even before the VMs exist); :meth:`add_listener` calls
+``fn(vm_id, type, data)`` after every accepted ``PUT`` (outside the lock), as oned's update event
+reaches OneFlow's EventManager; :meth:`remove_vm` takes a terminated VM away.
 
 Fault switches: :meth:`OneGateServer.go_down` / :meth:`go_up` (connection refused),
 ``drop_connections`` (accept then close), ``slow`` (seconds before answering), ``trickle`` (seconds
@@ -29,7 +38,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -55,6 +64,8 @@ class FakeVM:
     gid: int = 0
     uname: str = "oneadmin"
     gname: str = "oneadmin"
+    context: dict[str, str] | None = None  # TEMPLATE/CONTEXT as oned holds it (extended /service)
+    template: dict[str, Any] = field(default_factory=dict)  # other TEMPLATE attributes (CPU, MEMORY, VMID)
 
 
 @dataclass
@@ -62,6 +73,7 @@ class FakeRole:
     name: str
     node_ids: list[int] = field(default_factory=list)
     state: int = 2
+    cardinality: int | None = None  # None: the number of nodes
 
 
 @dataclass
@@ -90,6 +102,7 @@ class Recorded:
     token_ok: bool
     status: int = 0
     answer: str = ""
+    logged: str = ""  # the error text the server logs (the answer hides it from 7.1.80 on)
 
     @property
     def attrs(self) -> dict[str, str]:
@@ -114,9 +127,11 @@ class _HttpError(Exception):
 class OneGateServer:
     """The double. Use as a context manager; ``url`` is the ONEGATE_ENDPOINT to give clients."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, version: str = "7.0.0") -> None:
         self.host = host
         self.port = port
+        self.version = version
+        self.listeners: list[Callable[[int, str, str], None]] = []
         self.vms: dict[int, FakeVM] = {}
         self.services: dict[int, FakeService] = {}
         self.requests: list[Recorded] = []
@@ -180,6 +195,16 @@ class OneGateServer:
             self._fail_budget = count
             self._fail_status = status
 
+    @property
+    def hides_500_text(self) -> bool:
+        """OneGate 7.1.80 and later answer every 500 with "Internal server error" (commit e734a43)."""
+        return version_tuple(self.version) >= (7, 1, 80)
+
+    def add_listener(self, fn: Callable[[int, str, str], None]) -> None:
+        """``fn(vm_id, type, data)`` after each accepted PUT update (type "1") or delete ("2")."""
+        with self.lock:
+            self.listeners.append(fn)
+
     # -- state ---------------------------------------------------------------------------------
 
     def add_vm(
@@ -189,24 +214,36 @@ class OneGateServer:
         ips: Iterable[str] = ("192.0.2.10",),
         user_template: Mapping[str, Any] | None = None,
         vm_id: int | None = None,
+        nics: Iterable[Mapping[str, str]] | None = None,
+        context: Mapping[str, str] | None = None,
+        template: Mapping[str, Any] | None = None,
     ) -> FakeVM:
+        """A VM with a fresh token. ``nics`` (full NIC attributes) replaces ``ips``; ``context`` is
+        the VM's final CONTEXT (shown by ``GET /service?extended=true``)."""
         with self.lock:
             if vm_id is None:
                 vm_id = self._next_vm
+            if vm_id in self.vms:
+                raise ValueError(f"VM {vm_id} exists")
             self._next_vm = max(self._next_vm, vm_id) + 1
             token = secrets.token_urlsafe(32)
             ISSUED_TOKENS.add(token)
-            nics = [
-                {"IP": ip, "MAC": f"02:00:c0:00:02:{i:02x}", "NAME": f"_NIC{i}", "NETWORK": "service"}
-                for i, ip in enumerate(ips)
-            ]
+            if nics is not None:
+                nic_list = [dict(n) for n in nics]
+            else:
+                nic_list = [
+                    {"IP": ip, "MAC": f"02:00:c0:00:02:{i:02x}", "NAME": f"_NIC{i}", "NETWORK": "service"}
+                    for i, ip in enumerate(ips)
+                ]
             vm = FakeVM(
                 id=vm_id,
                 name=name or f"vm-{vm_id}",
                 token=token,
                 stime=int(time.time()),
                 user_template=dict(user_template or {}),
-                nics=nics,
+                nics=nic_list,
+                context=dict(context) if context is not None else None,
+                template=dict(template or {}),
             )
             self.vms[vm_id] = vm
             return vm
@@ -229,6 +266,16 @@ class OneGateServer:
             role.node_ids.append(vm.id)
             vm.user_template["SERVICE_ID"] = str(svc.id)
             vm.user_template["ROLE_NAME"] = role.name
+
+    def remove_vm(self, vm: FakeVM | int) -> None:
+        """A terminated VM: gone from its role's nodes and unknown to OneGate (its token too)."""
+        with self.lock:
+            vm_id = vm.id if isinstance(vm, FakeVM) else vm
+            self.vms.pop(vm_id, None)
+            for svc in self.services.values():
+                for role in svc.roles or []:
+                    if vm_id in role.node_ids:
+                        role.node_ids.remove(vm_id)
 
     def user_template(self, vm: FakeVM | int) -> dict[str, Any]:
         with self.lock:
@@ -277,6 +324,7 @@ class OneGateServer:
                 token_sent=bool(token),
                 token_ok=vm is not None,
             )
+            events: list[tuple[int, str, str]] = []
             try:
                 if vm is None:
                     raise _HttpError(401, "Not authorized")
@@ -284,10 +332,17 @@ class OneGateServer:
                     self._fail_budget -= 1
                     raise _HttpError(self._fail_status, "Service Unavailable")
                 extended = bool((query.get("extended") or form.get("extended") or [""])[0])
-                status, answer = self._route(vm, method, parts.path, data, typ, extended)
+                status, answer = self._route(vm, method, parts.path, data, typ, extended, events)
             except _HttpError as err:
                 status, answer = err.status, err.text
-            self.requests.append(_with(rec, status=status, answer=answer))
+            logged = answer if status >= 400 else ""
+            if status == 500 and self.hides_500_text:
+                answer = "Internal server error"
+            self.requests.append(_with(rec, status=status, answer=answer, logged=logged))
+            listeners = list(self.listeners) if events else []
+        for fn in listeners:
+            for event in events:
+                fn(*event)
         return status, answer
 
     def _auth_vm(self, vmid: str | None, token: str | None) -> FakeVM | None:
@@ -304,7 +359,14 @@ class OneGateServer:
             raise _HttpError(403, f"Action ({act}) on resource ({res}) not supported")
 
     def _route(
-        self, vm: FakeVM, method: str, path: str, data: str | None, typ: str | None, extended: bool
+        self,
+        vm: FakeVM,
+        method: str,
+        path: str,
+        data: str | None,
+        typ: str | None,
+        extended: bool,
+        events: list[tuple[int, str, str]],
     ) -> tuple[int, str]:
         if method == "GET" and path == "/":
             return 200, json.dumps({"vm_info": f"{self.url}/vm", "service_info": f"{self.url}/service"})
@@ -315,6 +377,7 @@ class OneGateServer:
             if method == "PUT":
                 self._allowed("vm.update")
                 self._update(vm, data or "", typ or "1")
+                events.append((vm.id, typ or "1", data or ""))
                 return 200, ""
         if path.startswith("/vms/") and path[5:].isdigit():
             target = self._requested_vm(vm, int(path[5:]))
@@ -324,6 +387,7 @@ class OneGateServer:
             if method == "PUT":
                 self._allowed("vm.update_by_id")
                 self._update(target, data or "", typ or "1")
+                events.append((target.id, typ or "1", data or ""))
                 return 200, ""
         if method == "GET" and path == "/service":
             self._allowed("service.show")
@@ -409,8 +473,11 @@ class OneGateServer:
         nics: Any = [dict(n, NIC_ID=str(i), NETWORK_ID="0") for i, n in enumerate(vm.nics)]
         if len(nics) == 1:
             nics = nics[0]
-        ctx = {f"ETH{i}_IP": n["IP"] for i, n in enumerate(vm.nics)}
-        ctx.update({"TOKEN": "YES", "VMID": str(vm.id), "ONEGATE_ENDPOINT": self.url})
+        if vm.context is not None:
+            ctx = dict(vm.context)
+        else:
+            ctx = {f"ETH{i}_IP": n["IP"] for i, n in enumerate(vm.nics) if "IP" in n}
+            ctx.update({"TOKEN": "YES", "VMID": str(vm.id), "ONEGATE_ENDPOINT": self.url})
         return {
             "VM": {
                 "ID": str(vm.id),
@@ -422,7 +489,7 @@ class OneGateServer:
                 "STATE": str(vm.state),
                 "LCM_STATE": str(vm.lcm_state),
                 "STIME": str(vm.stime),
-                "TEMPLATE": {"NIC": nics, "CONTEXT": ctx},
+                "TEMPLATE": {**vm.template, "NIC": nics, "CONTEXT": ctx},
                 "USER_TEMPLATE": dict(vm.user_template),
             }
         }
@@ -451,8 +518,15 @@ class OneGateServer:
                         }
                     }
                 nodes.append({"deploy_id": vm_id, "running": None, "vm_info": info})
-            roles.append({"name": role.name, "cardinality": len(role.node_ids), "state": role.state, "nodes": nodes})
+            cardinality = role.cardinality if role.cardinality is not None else len(role.node_ids)
+            roles.append({"name": role.name, "cardinality": cardinality, "state": role.state, "nodes": nodes})
         return {"SERVICE": {"name": svc.name, "id": str(svc.id), "state": svc.state, "roles": roles}}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    """``"7.1.80"`` -> ``(7, 1, 80)``; ``"6.10"`` -> ``(6, 10, 0)``."""
+    parts = [int(p) for p in version.split(".")]
+    return tuple(parts + [0] * (3 - len(parts)))
 
 
 def _with(rec: Recorded, **changes: Any) -> Recorded:
