@@ -1,4 +1,4 @@
-"""OneFlow 7.x service templates built from the variable registry (pure functions, no I/O).
+"""OneFlow service templates and role VM templates built from the variable registry (pure, no I/O).
 
 Three shapes match the reference deployment (DESIGN section 1):
 
@@ -8,10 +8,31 @@ Three shapes match the reference deployment (DESIGN section 1):
 - ``single-site``: both roles in one service, the SuperNode role a child of the SuperLink role
   (``deployment: straight``) so SuperNodes start once the SuperLink reported READY.
 
-Each role offers only the inputs of its own role (role-level ``user_inputs``). Secret variables
-are never offered: OneFlow copies every answered input into the VM's USER_TEMPLATE, which any VM of
-the same service can read through OneGate ``GET /vms/<id>`` (research note 1.5, 6.1). Secrets go
-into the VM template's CONTEXT instead, or are generated on the VM.
+Two OneFlow dialects, each usable from both clients (``oneflow-template instantiate`` and the
+Sunstone/FireEdge instantiate form):
+
+- ``7`` (7.0 and later): roles ``type: vm`` + ``template_id``; the inputs are service-level
+  ``user_inputs``. FireEdge 7 never shows role-level ``user_inputs`` of a service template (it
+  shows the service's and the role VM templates' USER_INPUTS), and the CLI asks service-level
+  ones too. OneFlow 7 copies every answer into each VM's USER_TEMPLATE and, as ``NAME="$NAME"``,
+  into its CONTEXT. ``template_contents`` carries TOKEN/REPORT_READY/NETWORK=YES.
+- ``6.10``: roles ``vm_template`` (an integer); the inputs are service-level ``custom_attrs``.
+  OneFlow 6.10 delivers a value only by replacing the text ``$NAME`` in the role's
+  ``vm_template_contents``; so that text holds one ``NAME = "$NAME"`` line per input (a top-level
+  attribute, which lands in USER_TEMPLATE) and the VM template's CONTEXT must say
+  ``NAME = "$NAME"`` (``vm_template`` prints that). No CONTEXT vector goes into
+  ``vm_template_contents``: the core would replace the VM template's whole CONTEXT with it, and
+  6.10's FireEdge flattens it into top-level pairs anyway. The replacement is a plain ``gsub`` of
+  ``$NAME``, so ``$FL_GRPC_KEEPALIVE_TIME`` would also eat the front of
+  ``$FL_GRPC_KEEPALIVE_TIMEOUT``: a name is always written before any name that is a prefix of it.
+
+Every input is offered in both dialects from the same rules. Booleans are offered as a ``YES,NO``
+list: the service instantiate forms of FireEdge (6.10 and 7) send a boolean switch as
+``String(value)``, i.e. ``true``/``false``, which is not a CONTEXT boolean; a list sends its option.
+
+Secret variables are never offered: OneFlow copies every answered input into the VM's
+USER_TEMPLATE, which any VM of the same service can read through OneGate ``GET /vms/<id>``. Secrets
+are generated on the VM (``FL_WG_PRIVATE_KEY``) or given outside the service template.
 """
 
 from __future__ import annotations
@@ -20,21 +41,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from .model import Role
-from .variables import REGISTRY, Variable, user_input
+from .variables import REGISTRY, Variable
 
 KINDS = ("coordinator", "training-site", "single-site")
+VERSIONS = ("6.10", "7")
+DEFAULT_VERSION = "7"
 
 # OneFlow role names: must match ^\w+$ and are what SuperNodes look up in GET /service.
 ROLE_NAMES = {Role.SUPERLINK: "superlink", Role.SUPERNODE: "supernode"}
 
-# What every role VM needs in CONTEXT; OneFlow sets none of it (research note 2). The VM templates
-# must carry it too (a VM template used outside OneFlow has no template_contents).
+# What every role VM needs in CONTEXT; OneFlow sets none of it. The VM templates must carry it
+# too (6.10 has nowhere else to put it; a VM template used outside OneFlow has no template_contents).
 REQUIRED_CONTEXT = {"TOKEN": "YES", "REPORT_READY": "YES", "NETWORK": "YES"}
 
 DEFAULT_SUPERNODES = 2
 
 VM_TEMPLATE_NOTE = (
-    "Role VM templates must set CONTEXT TOKEN=YES (OneGate access) and REPORT_READY=YES (readiness gate); "
+    "Role VM templates must set CONTEXT TOKEN=YES (OneGate access) and REPORT_READY=YES (readiness gate) "
+    "and pass every input to CONTEXT (print one with `flower-ctx oneflow vm-template ROLE`); "
     "flower-ctx reports READY=YES only when Flower really serves."
 )
 
@@ -73,45 +97,103 @@ RULES: dict[str, dict[Role, dict[str, InputRule]]] = {
 }
 
 
+def check_version(opennebula: str) -> str:
+    if opennebula not in VERSIONS:
+        raise ValueError(f"unknown OpenNebula version {opennebula!r}; expected one of {', '.join(VERSIONS)}")
+    return opennebula
+
+
+def roles_of(kind: str) -> tuple[Role, ...]:
+    """The roles of a template kind, in deployment order."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown template kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return {
+        "coordinator": (Role.SUPERLINK,),
+        "training-site": (Role.SUPERNODE,),
+        "single-site": (Role.SUPERLINK, Role.SUPERNODE),
+    }[kind]
+
+
 def offered(role: Role) -> list[Variable]:
     """The registry variables a role VM accepts as OneFlow inputs, in registry order."""
     return [var for var in REGISTRY if var.applies_to(role) and not var.secret]
 
 
-def role_user_inputs(kind: str, role: Role) -> dict[str, str]:
-    """``{NAME: "M|type|desc|params|default"}`` for one role of one template kind."""
-    rules = RULES.get(kind, {}).get(role, {})
-    out: dict[str, str] = {}
-    for var in offered(role):
-        rule = rules.get(var.name, InputRule())
-        out[var.name] = user_input(var, mandatory=rule.mandatory, default=rule.default)
+def input_spec(var: Variable, rule: InputRule = InputRule()) -> str:
+    """The ``M|type|description|params|default`` string OneFlow asks with (both clients, both
+    versions). Booleans become a ``YES,NO`` list (see the module docstring)."""
+    desc = var.description.replace("|", "/")
+    default = var.default if rule.default is None else rule.default
+    kind, params = var.type, var.params
+    if kind == "boolean":
+        kind, params = "list", "YES,NO"
+    return f"{'M' if rule.mandatory else 'O'}|{kind}|{desc}|{params}|{default or ''}"
+
+
+def service_inputs(kind: str) -> dict[str, str]:
+    """The service-level inputs of a kind: every non-secret variable of its roles, mandatory ones
+    first, then in registry order. In ``single-site`` a variable both roles read gets one answer
+    for both (OneFlow gives every VM of the service every service-level input)."""
+    roles = roles_of(kind)
+    out: dict[str, tuple[bool, str]] = {}
+    for var in REGISTRY:
+        users = [r for r in roles if var.applies_to(r) and not var.secret]
+        if not users:
+            continue
+        rules = [RULES.get(kind, {}).get(r, {}).get(var.name, InputRule()) for r in users]
+        rule = InputRule(
+            mandatory=all(r.mandatory for r in rules),
+            default=next((r.default for r in rules if r.default is not None), None),
+        )
+        out[var.name] = (rule.mandatory, input_spec(var, rule))
+    ordered = [n for n, (m, _) in out.items() if m] + [n for n, (m, _) in out.items() if not m]
+    return {n: out[n][1] for n in ordered}
+
+
+def substitution_order(names: list[str]) -> list[str]:
+    """``names`` reordered so no name comes after a name that is a prefix of it (6.10's ``gsub``
+    of ``$NAME`` would replace the front of the longer one); otherwise the order is kept."""
+    out: list[str] = []
+    for name in names:
+        at = next((i for i, done in enumerate(out) if name.startswith(done)), len(out))
+        out.insert(at, name)
     return out
 
 
+def template_contents_610(role: Role, inputs: dict[str, str]) -> str:
+    """6.10 ``vm_template_contents``: ``NAME = "$NAME"`` for each input the role's VMs read."""
+    names = [var.name for var in offered(role) if var.name in inputs]
+    return "".join(f'{name} = "${name}"\n' for name in substitution_order(names))
+
+
 def _role(
-    kind: str,
     role: Role,
     template_id: int,
     cardinality: int,
+    opennebula: str,
+    inputs: dict[str, str],
     *,
     min_vms: int,
     max_vms: int | None = None,
     parents: list[str] | None = None,
 ) -> dict[str, Any]:
-    doc: dict[str, Any] = {
-        "name": ROLE_NAMES[role],
-        "type": "vm",
-        "template_id": template_id,
-        "cardinality": cardinality,
-        "min_vms": min_vms,
-    }
+    doc: dict[str, Any] = {"name": ROLE_NAMES[role]}
+    if opennebula == "7":
+        doc["type"] = "vm"
+        doc["template_id"] = template_id
+    else:
+        doc["vm_template"] = template_id
+    doc["cardinality"] = cardinality
+    doc["min_vms"] = min_vms
     if max_vms is not None:
         doc["max_vms"] = max_vms
     if parents:
         doc["parents"] = parents
-    # Deep-merged into the VM template (research note 6.1): belt and braces for TOKEN/REPORT_READY.
-    doc["template_contents"] = {"CONTEXT": dict(REQUIRED_CONTEXT)}
-    doc["user_inputs"] = role_user_inputs(kind, role)
+    if opennebula == "7":
+        # Deep-merged into the VM template by OneFlow 7: belt and braces for TOKEN/REPORT_READY.
+        doc["template_contents"] = {"CONTEXT": dict(REQUIRED_CONTEXT)}
+    else:
+        doc["vm_template_contents"] = template_contents_610(role, inputs)
     return doc
 
 
@@ -122,23 +204,53 @@ def build(
     *,
     name: str | None = None,
     supernodes: int = DEFAULT_SUPERNODES,
+    opennebula: str = DEFAULT_VERSION,
 ) -> dict[str, Any]:
-    """The OneFlow 7.x service template document for ``kind`` (one of ``KINDS``)."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown template kind {kind!r}; expected one of {', '.join(KINDS)}")
+    """The OneFlow service template document for ``kind`` (one of ``KINDS``) and ``opennebula``
+    (one of ``VERSIONS``)."""
+    roles_wanted = roles_of(kind)
+    check_version(opennebula)
     if supernodes < 1:
         raise ValueError("supernodes must be at least 1")
+    inputs = service_inputs(kind)
     roles: list[dict[str, Any]] = []
-    if kind in ("coordinator", "single-site"):
-        roles.append(_role(kind, Role.SUPERLINK, superlink_template_id, 1, min_vms=1, max_vms=1))
-    if kind in ("training-site", "single-site"):
-        parents = [ROLE_NAMES[Role.SUPERLINK]] if kind == "single-site" else None
-        roles.append(_role(kind, Role.SUPERNODE, supernode_template_id, supernodes, min_vms=1, parents=parents))
+    if Role.SUPERLINK in roles_wanted:
+        roles.append(_role(Role.SUPERLINK, superlink_template_id, 1, opennebula, inputs, min_vms=1, max_vms=1))
+    if Role.SUPERNODE in roles_wanted:
+        parents = [ROLE_NAMES[Role.SUPERLINK]] if Role.SUPERLINK in roles_wanted else None
+        roles.append(
+            _role(Role.SUPERNODE, supernode_template_id, supernodes, opennebula, inputs, min_vms=1, parents=parents)
+        )
     has_parents = any(r.get("parents") for r in roles)
-    return {
+    doc: dict[str, Any] = {
         "name": name or f"flower-{kind}",
         "description": f"{DESCRIPTIONS[kind]} {VM_TEMPLATE_NOTE}",
         "deployment": "straight" if has_parents else "none",
         "ready_status_gate": True,
-        "roles": roles,
     }
+    doc["user_inputs" if opennebula == "7" else "custom_attrs"] = inputs
+    doc["roles"] = roles
+    return doc
+
+
+def vm_template(role: Role | str, opennebula: str = DEFAULT_VERSION) -> str:
+    """The CONTEXT a role's VM template needs (OpenNebula template syntax): OneGate, network,
+    the readiness report, and ``NAME = "$NAME"`` for every input, so answers reach CONTEXT on 6.10
+    (where nothing else puts them there) as on 7.x (where OneFlow adds the same lines itself)."""
+    role = Role(role)
+    check_version(opennebula)
+    title = "SuperLink" if role is Role.SUPERLINK else "SuperNode"
+    secrets = [var.name for var in REGISTRY if var.applies_to(role) and var.secret]
+    lines = [
+        f"# CONTEXT of the Flower {title} VM template (OpenNebula {opennebula}{'.x' if opennebula == '7' else ''}).",
+        "# Add it to the VM template of the image (onetemplate update ID, or Sunstone's Context tab);",
+        "# keep your own CPU, MEMORY, DISK, NIC. Each NAME = \"$NAME\" line passes a OneFlow input into",
+        "# CONTEXT (OneFlow 6.10 puts inputs only into USER_TEMPLATE); unanswered, it is empty = unset.",
+        f"# Secrets ({', '.join(secrets)}) are never inputs: see docs/appliance.md.",
+        "CONTEXT = [",
+    ]
+    entries = [f'{k} = "{v}"' for k, v in REQUIRED_CONTEXT.items()]
+    entries.append('SSH_PUBLIC_KEY = "$USER[SSH_PUBLIC_KEY]"')
+    entries += [f'{var.name} = "${var.name}"' for var in offered(role)]
+    lines += [f"  {e}," for e in entries[:-1]] + [f"  {entries[-1]} ]"]
+    return "\n".join(lines) + "\n"

@@ -1,6 +1,7 @@
-"""`flower-ctx oneflow template`: OneFlow 7.x service templates checked against the schema facts of
-research note 6 (roles, types, names, cardinality bounds, parents and deployment) and the USER_INPUT
-grammar of 6.2, through the real command line, and their defaults through the real validator."""
+"""`flower-ctx oneflow template` and `flower-ctx oneflow vm-template`: the templates for OneFlow 7.x
+and 6.10, checked against each version's schema as the OneFlow double encodes it (tables A and B of
+the research notes), the USER_INPUT grammar, through the real command line, and their defaults
+through the real validator. Instantiating them is tests/test_oneflow_double.py."""
 
 from __future__ import annotations
 
@@ -16,55 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flower_ctx.oneflow import KINDS, build
+from flower_ctx.model import Role
+from flower_ctx.oneflow import KINDS, VERSIONS, build, service_inputs
 from flower_ctx.variables import REGISTRY
+from tests.oneflow_double import OneFlowError, parse_template, validate
 
-# --- the rules, written from the research note (not from the code under test) -----------------
-
-TOP_LEVEL = {
-    "name",
-    "deployment",
-    "description",
-    "shutdown_action",
-    "roles",
-    "user_inputs",
-    "user_inputs_values",
-    "ready_status_gate",
-    "automatic_deletion",
-    "networks",
-    "networks_values",
-    "on_hold",
-}
-VM_ROLE = {
-    "name",
-    "type",
-    "template_id",
-    "cardinality",
-    "template_contents",
-    "user_inputs",
-    "user_inputs_values",
-    "parents",
-    "shutdown_action",
-    "min_vms",
-    "max_vms",
-    "cooldown",
-    "on_hold",
-    "elasticity_policies",
-    "scheduled_policies",
-}
-# list-multiple is Sunstone-only (the CLI rejects it), network is service-level only.
-ROLE_INPUT_TYPES = {
-    "text",
-    "text64",
-    "password",
-    "number",
-    "number-float",
-    "range",
-    "range-float",
-    "list",
-    "boolean",
-    "fixed",
-}
+# list-multiple is Sunstone-only (the CLI rejects it), network is service-level networks only.
+INPUT_TYPES = {"text", "text64", "password", "number", "number-float", "range", "range-float", "list", "boolean",
+               "fixed"}
+OTHER = {"7": "6.10", "6.10": "7"}
 
 
 def parse_user_input(spec: str) -> dict[str, Any]:
@@ -75,7 +36,7 @@ def parse_user_input(spec: str) -> dict[str, Any]:
     mandatory, kind, desc = parts[:3]
     params, default = (parts[3], parts[4]) if len(parts) == 5 else ("", "")
     assert mandatory in ("M", "O"), spec
-    assert kind in ROLE_INPUT_TYPES, spec
+    assert kind in INPUT_TYPES, spec
     assert desc.strip(), f"an input needs a description: {spec!r}"
     if kind == "list":
         options = params.split(",")
@@ -93,35 +54,9 @@ def parse_user_input(spec: str) -> dict[str, Any]:
     return {"mandatory": mandatory == "M", "type": kind, "params": params, "default": default}
 
 
-def validate_service_template(doc: dict[str, Any]) -> None:
-    """The 7.x SCHEMA / VM_ROLE_SCHEMA facts and validate_vmvalues, plus straight-for-parents."""
-    assert set(doc) <= TOP_LEVEL, set(doc) - TOP_LEVEL
-    assert isinstance(doc["name"], str) and doc["name"]
-    assert doc.get("deployment", "none") in ("none", "straight")
-    assert isinstance(doc.get("ready_status_gate", False), bool)
-    roles = doc["roles"]
-    assert isinstance(roles, list) and roles
-    names = [r["name"] for r in roles]
-    assert len(names) == len(set(names)), "role names must be unique"
-    for role in roles:
-        assert set(role) <= VM_ROLE, set(role) - VM_ROLE
-        assert re.fullmatch(r"\w+", role["name"]), role["name"]
-        assert role["type"] == "vm"
-        assert type(role["template_id"]) is int and role["template_id"] >= 0
-        card = role.get("cardinality", 0)
-        assert type(card) is int and card >= 0
-        if "min_vms" in role:
-            assert role["min_vms"] <= card
-        if "max_vms" in role:
-            assert card <= role["max_vms"]
-        assert isinstance(role.get("template_contents", {}), dict), "7.x template_contents is an object"
-        for parent in role.get("parents", []):
-            assert parent in names and parent != role["name"]
-        for key, spec in role.get("user_inputs", {}).items():
-            assert re.fullmatch(r"[A-Z0-9_]+", key), key
-            parse_user_input(spec)
-    if any(r.get("parents") for r in roles):
-        assert doc["deployment"] == "straight", "parents only wait for each other with deployment straight"
+def inputs_of(doc: dict[str, Any], version: str) -> dict[str, dict[str, Any]]:
+    key = "user_inputs" if version == "7" else "custom_attrs"
+    return {k: parse_user_input(v) for k, v in doc[key].items()}
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -142,102 +77,209 @@ def role(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return found
 
 
-def registry_names(role_name: str) -> set[str]:
-    return {v.name for v in REGISTRY if any(r.value == role_name for r in v.roles) and not v.secret}
+def registry_names(*role_names: str) -> set[str]:
+    return {v.name for v in REGISTRY if any(r.value in role_names for r in v.roles) and not v.secret}
 
 
-# --- the three templates ---------------------------------------------------------------------
+def ids_for(kind: str) -> list[str]:
+    return [*(["--superlink-template-id", "11"] if kind != "training-site" else []),
+            *(["--supernode-template-id", "12"] if kind != "coordinator" else [])]
+
+
+# --- both schemas ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_template_passes_its_versions_schema_and_not_the_others(kind: str, version: str) -> None:
+    doc = template(kind, "--opennebula", version, *ids_for(kind))
+    assert json.loads(json.dumps(doc)) == doc
+    checked = validate(version, json.loads(json.dumps(doc)))
+    assert [r["name"] for r in checked["roles"]] == [r["name"] for r in doc["roles"]]
+    other = OTHER[version]
+    if other == "6.10":
+        # 6.10 has no template_id/type: its roles require vm_template (table A).
+        with pytest.raises(OneFlowError) as err:
+            validate("6.10", json.loads(json.dumps(doc)))
+        assert (err.value.status, err.value.message) == (400, "KEY: 'vm_template' is required;")
+    else:
+        # Table B alone requires type (and template_id); 7.x's own server first converts a 6.x
+        # template whose every role has vm_template, so it is accepted there, converted.
+        with pytest.raises(OneFlowError) as err:
+            validate("7", json.loads(json.dumps(doc)), compat=False)
+        assert err.value.status == 400
+        assert err.value.message.startswith("Mandatory document key 'type (string)' is missing from {")
+        converted = validate("7", json.loads(json.dumps(doc)))
+        for r in converted["roles"]:
+            assert r["type"] == "vm" and r["template_id"] == {"superlink": 11, "supernode": 12}[r["name"]]
+            assert "vm_template" not in r
+        assert converted["user_inputs"] == doc["custom_attrs"] and "custom_attrs" not in converted
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_templates_validate_and_round_trip(kind: str) -> None:
-    doc = template(
-        kind,
-        *(["--superlink-template-id", "11"] if kind != "training-site" else []),
-        *(["--supernode-template-id", "12"] if kind != "coordinator" else []),
-    )
-    validate_service_template(doc)
-    assert json.loads(json.dumps(doc)) == doc
+def test_7_template_has_service_level_inputs_only(kind: str) -> None:
+    doc = template(kind, *ids_for(kind))  # --opennebula 7 is the default
     assert doc["ready_status_gate"] is True
-    # Every role VM gets OneGate access and the readiness report (research note 2).
+    assert set(doc["user_inputs"]) == registry_names(*[r["name"] for r in doc["roles"]])
     for r in doc["roles"]:
-        assert r["template_contents"]["CONTEXT"]["TOKEN"] == "YES"
-        assert r["template_contents"]["CONTEXT"]["REPORT_READY"] == "YES"
-        assert r["template_id"] == {"superlink": 11, "supernode": 12}[r["name"]]
+        assert r["type"] == "vm" and r["template_id"] == {"superlink": 11, "supernode": 12}[r["name"]]
+        # FireEdge 7 never shows role-level user_inputs of a service template.
+        assert "user_inputs" not in r and "user_inputs_values" not in r
+        assert r["template_contents"] == {"CONTEXT": {"TOKEN": "YES", "REPORT_READY": "YES", "NETWORK": "YES"}}
+        assert "vm_template" not in r and "vm_template_contents" not in r
+    assert "custom_attrs" not in doc
     assert "TOKEN=YES" in doc["description"] and "REPORT_READY=YES" in doc["description"]
+    assert "flower-ctx oneflow vm-template" in doc["description"]
 
 
-def test_coordinator_is_a_singleton_superlink_with_tls() -> None:
-    doc = template("coordinator", "--superlink-template-id", "3")
+@pytest.mark.parametrize("kind", KINDS)
+def test_610_template_passes_inputs_by_text_substitution(kind: str) -> None:
+    doc = template(kind, "--opennebula", "6.10", *ids_for(kind))
+    assert set(doc["custom_attrs"]) == registry_names(*[r["name"] for r in doc["roles"]])
+    assert "user_inputs" not in doc
+    for r in doc["roles"]:
+        assert type(r["vm_template"]) is int and "template_id" not in r and "type" not in r
+        contents = r["vm_template_contents"]
+        # Top-level NAME = "$NAME" lines only: no CONTEXT vector (it would replace the VM template's).
+        assert "CONTEXT" not in contents and "[" not in contents
+        attrs = parse_template(contents)
+        assert all(value == f"${name}" for name, value in attrs)
+        assert {name for name, _ in attrs} == registry_names(r["name"])
+        # 6.10 replaces "$NAME" with a plain gsub: a longer name must come before its prefix.
+        names = [name for name, _ in attrs]
+        for i, name in enumerate(names):
+            assert not any(name.startswith(earlier) for earlier in names[:i]), (name, names[:i])
+    assert names.index("FL_GRPC_KEEPALIVE_TIMEOUT") < names.index("FL_GRPC_KEEPALIVE_TIME")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_coordinator_is_a_singleton_superlink_with_tls(version: str) -> None:
+    doc = template("coordinator", "--opennebula", version, "--superlink-template-id", "3")
     assert [r["name"] for r in doc["roles"]] == ["superlink"]
     link = role(doc, "superlink")
     assert (link["cardinality"], link["min_vms"], link["max_vms"]) == (1, 1, 1)
     assert "parents" not in link and doc["deployment"] == "none"
-    inputs = {k: parse_user_input(v) for k, v in link["user_inputs"].items()}
-    assert inputs["FL_TLS_ENABLED"] == {"mandatory": False, "type": "boolean", "params": "", "default": "YES"}
+    inputs = inputs_of(doc, version)
+    # A boolean is offered as a YES/NO list: FireEdge's switch would send "true"/"false".
+    assert inputs["FL_TLS_ENABLED"] == {"mandatory": False, "type": "list", "params": "YES,NO", "default": "YES"}
     assert set(inputs) == registry_names("superlink")
     assert "FL_SUPERLINK_ADDRESS" not in inputs and "FL_NODE_CONFIG" not in inputs  # SuperNode-only
 
 
-def test_training_site_needs_address_and_ca() -> None:
-    doc = template("training-site", "--supernode-template-id", "4")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_training_site_needs_address_and_ca(version: str) -> None:
+    doc = template("training-site", "--opennebula", version, "--supernode-template-id", "4")
     assert [r["name"] for r in doc["roles"]] == ["supernode"]
-    node = role(doc, "supernode")
-    assert "parents" not in node
-    inputs = {k: parse_user_input(v) for k, v in node["user_inputs"].items()}
+    assert "parents" not in role(doc, "supernode")
+    inputs = inputs_of(doc, version)
     assert inputs["FL_SUPERLINK_ADDRESS"]["mandatory"] and inputs["FL_SUPERLINK_ADDRESS"]["type"] == "text"
     assert inputs["FL_SSL_CA_CERTFILE"]["mandatory"] and inputs["FL_SSL_CA_CERTFILE"]["type"] == "text64"
     assert inputs["FL_TLS_ENABLED"]["default"] == "YES"
+    # Mandatory first: the CLI asks them first.
+    assert list(inputs)[:2] == ["FL_SSL_CA_CERTFILE", "FL_SUPERLINK_ADDRESS"]
     assert sorted(k for k, v in inputs.items() if v["mandatory"]) == ["FL_SSL_CA_CERTFILE", "FL_SUPERLINK_ADDRESS"]
     assert set(inputs) == registry_names("supernode")
     assert "FL_CERT_EXTRA_SAN" not in inputs and "FL_SSL_CERTFILE" not in inputs  # SuperLink-only
 
 
-def test_single_site_supernode_is_child_of_superlink() -> None:
-    doc = template("single-site", "--superlink-template-id", "1", "--supernode-template-id", "2", "--supernodes", "3")
+@pytest.mark.parametrize("version", VERSIONS)
+def test_single_site_supernode_is_child_of_superlink(version: str) -> None:
+    doc = template("single-site", "--opennebula", version, "--superlink-template-id", "1",
+                   "--supernode-template-id", "2", "--supernodes", "3")
     assert [r["name"] for r in doc["roles"]] == ["superlink", "supernode"]
     assert doc["deployment"] == "straight"
     node = role(doc, "supernode")
-    assert node["parents"] == ["superlink"]
-    assert node["cardinality"] == 3
+    assert node["parents"] == ["superlink"] and node["cardinality"] == 3
     # In one zone the SuperNode discovers the SuperLink through OneGate: nothing is mandatory.
-    for r in doc["roles"]:
-        assert not any(parse_user_input(v)["mandatory"] for v in r["user_inputs"].values())
-        assert set(r["user_inputs"]) == registry_names(r["name"])
+    inputs = inputs_of(doc, version)
+    assert not any(v["mandatory"] for v in inputs.values())
+    assert set(inputs) == registry_names("superlink", "supernode")
 
 
-def test_secrets_are_never_offered() -> None:
+@pytest.mark.parametrize("version", VERSIONS)
+def test_secrets_are_never_offered(version: str) -> None:
     # Answered inputs land in USER_TEMPLATE, readable by every VM of the service through OneGate.
     secrets = {v.name for v in REGISTRY if v.secret}
     assert secrets  # the registry does have secrets (FL_SSL_KEYFILE, FL_WG_PRIVATE_KEY)
     for kind in KINDS:
-        for r in build(kind)["roles"]:
-            assert not secrets & set(r["user_inputs"]), (kind, r["name"])
-            assert not any(parse_user_input(v)["type"] == "password" for v in r["user_inputs"].values())
+        doc = build(kind, opennebula=version)
+        inputs = inputs_of(doc, version)
+        assert not secrets & set(inputs), kind
+        assert not any(v["type"] == "password" for v in inputs.values())
+        assert not any(s in json.dumps(doc["roles"]) for s in secrets)
+    for r in Role:
+        assert not any(s in cli("oneflow", "vm-template", r.value).stdout.split("CONTEXT = [")[1] for s in secrets)
+
+
+def test_every_number_and_list_input_has_a_default() -> None:
+    # The CLI drops an empty answer to an optional number/range/list without default, and OneFlow
+    # then refuses the whole request ("Verify that every ... have its corresponding value defined").
+    for kind in KINDS:
+        for name, spec in service_inputs(kind).items():
+            parsed = parse_user_input(spec)
+            if parsed["type"] in ("number", "number-float", "range", "range-float", "list"):
+                assert parsed["default"] != "", (kind, name)
+            assert parsed["type"] != "boolean", (kind, name)  # offered as a YES,NO list
 
 
 def test_missing_template_id_is_noted_and_wrong_one_refused() -> None:
     out = cli("oneflow", "template", "coordinator")
     assert out.returncode == 0
     assert json.loads(out.stdout)["roles"][0]["template_id"] == 0
-    assert "--superlink-template-id not given" in out.stderr
+    assert "--superlink-template-id not given; using template_id 0" in out.stderr
+    out = cli("oneflow", "template", "coordinator", "--opennebula", "6.10")
+    assert out.returncode == 0 and json.loads(out.stdout)["roles"][0]["vm_template"] == 0
+    assert "using vm_template 0" in out.stderr
     bad = cli("oneflow", "template", "coordinator", "--supernode-template-id", "5")
     assert bad.returncode == 2 and "does not apply to coordinator" in bad.stderr
     neg = cli("oneflow", "template", "training-site", "--supernode-template-id", "-1")
     assert neg.returncode == 2
     unknown = cli("oneflow", "template", "two-sites")
     assert unknown.returncode == 2
+    version = cli("oneflow", "template", "coordinator", "--opennebula", "6.8")
+    assert version.returncode == 2 and "6.10" in version.stderr
 
 
-@settings(max_examples=60, deadline=None)
+def test_help_names_the_versions_and_the_clients() -> None:
+    out = cli("oneflow", "template", "--help").stdout
+    for needle in ("--opennebula", "6.10", "oneflow-template create", "oneflow-template instantiate", "Sunstone",
+                   "vm-template", "base64"):
+        assert needle in out, needle
+    out = cli("oneflow", "vm-template", "--help").stdout
+    for needle in ("--opennebula", "TOKEN", "REPORT_READY", '"$NAME"', "6.10"):
+        assert needle in out, needle
+    out = cli("oneflow", "--help").stdout
+    assert "vm-template" in out and "template" in out
+
+
+@pytest.mark.parametrize("role_name", ["superlink", "supernode"])
+def test_vm_template_passes_every_input_to_context(role_name: str) -> None:
+    outs = {v: cli("oneflow", "vm-template", role_name, "--opennebula", v) for v in VERSIONS}
+    for out in outs.values():
+        assert out.returncode == 0, out.stderr
+    attrs = parse_template(outs["7"].stdout)  # the core's own parser accepts it, comments included
+    assert [n for n, _ in attrs] == ["CONTEXT"]
+    ctx = attrs[0][1]
+    assert isinstance(ctx, dict)
+    assert (ctx["TOKEN"], ctx["NETWORK"], ctx["REPORT_READY"]) == ("YES", "YES", "YES")
+    passed = {k for k, v in ctx.items() if v == f"${k}"}
+    assert passed == registry_names(role_name)
+    # The same CONTEXT for both versions; only the comment differs.
+    body = {v: out.stdout[out.stdout.index("CONTEXT = ["):] for v, out in outs.items()}
+    assert body["7"] == body["6.10"]
+    assert "6.10" in outs["6.10"].stdout.split("CONTEXT = [")[0]
+
+
+@settings(max_examples=40, deadline=None)
 @given(
-    kind=st.sampled_from(KINDS), link=st.integers(0, 2**31 - 1), node=st.integers(0, 2**31 - 1), n=st.integers(1, 500)
+    kind=st.sampled_from(KINDS), version=st.sampled_from(VERSIONS), link=st.integers(0, 2**31 - 1),
+    node=st.integers(0, 2**31 - 1), n=st.integers(1, 500),
 )
-def test_any_ids_and_counts_give_valid_templates(kind: str, link: int, node: int, n: int) -> None:
-    doc = build(kind, link, node, supernodes=n)
-    validate_service_template(doc)
+def test_any_ids_and_counts_give_valid_templates(kind: str, version: str, link: int, node: int, n: int) -> None:
+    doc = build(kind, link, node, supernodes=n, opennebula=version)
+    validate(version, json.loads(json.dumps(doc)))
     for r in doc["roles"]:
-        assert r["template_id"] == (link if r["name"] == "superlink" else node)
+        assert r["template_id" if version == "7" else "vm_template"] == (link if r["name"] == "superlink" else node)
         if r["name"] == "supernode":
             assert r["cardinality"] == n
 
@@ -268,23 +310,25 @@ def _check(tmp_path: Path, role_name: str, text: str) -> subprocess.CompletedPro
 
 def test_defaults_offered_are_valid(tmp_path: Path) -> None:
     nic = {"ETH0_IP": "192.0.2.10", "ETH0_MAC": "02:00:c0:00:02:0a"}
-    link = role(build("coordinator"), "superlink")
-    out = _check(tmp_path, "superlink", _context_from_inputs(link["user_inputs"], nic))
+    out = _check(tmp_path, "superlink", _context_from_inputs(service_inputs("coordinator"), nic))
     assert out.returncode == 0, out.stdout + out.stderr
     # The training site with its two mandatory answers: a CA (any PEM certificate) and an address.
     ca_pem = _self_signed_ca()
-    node = role(build("training-site"), "supernode")
     answers = {
         **nic,
         "FL_SUPERLINK_ADDRESS": "203.0.113.50:9092",
         "FL_SSL_CA_CERTFILE": base64.b64encode(ca_pem).decode(),
     }
-    out = _check(tmp_path, "supernode", _context_from_inputs(node["user_inputs"], answers))
+    out = _check(tmp_path, "supernode", _context_from_inputs(service_inputs("training-site"), answers))
     assert out.returncode == 0, out.stdout + out.stderr
     # Without the mandatory answers the validator refuses the training site, as the template says.
     out = _check(
         tmp_path,
         "supernode",
-        _context_from_inputs(node["user_inputs"], {**nic, "FL_SUPERLINK_ADDRESS": "203.0.113.50:9092"}),
+        _context_from_inputs(service_inputs("training-site"), {**nic, "FL_SUPERLINK_ADDRESS": "203.0.113.50:9092"}),
     )
     assert out.returncode == 2 and "FL_SSL_CA_CERTFILE" in out.stderr
+    # Single site: both roles get every input (service level); each accepts the defaults.
+    for r in ("superlink", "supernode"):
+        out = _check(tmp_path, r, _context_from_inputs(service_inputs("single-site"), nic))
+        assert out.returncode == 0, out.stdout + out.stderr

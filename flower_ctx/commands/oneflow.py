@@ -1,4 +1,4 @@
-"""``flower-ctx oneflow template coordinator|training-site|single-site``."""
+"""``flower-ctx oneflow template KIND`` and ``flower-ctx oneflow vm-template ROLE``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..oneflow import DEFAULT_SUPERNODES, KINDS, build
+from ..oneflow import DEFAULT_SUPERNODES, DEFAULT_VERSION, KINDS, VERSIONS, build, vm_template
 
 # Which template-id options a kind uses; giving another one is a mistake worth stopping on.
 USES = {
@@ -15,14 +15,27 @@ USES = {
     "single-site": ("superlink", "supernode"),
 }
 
+version_option = click.option(
+    "--opennebula",
+    type=click.Choice(VERSIONS),
+    default=DEFAULT_VERSION,
+    show_default=True,
+    help="OpenNebula release the output is for: 7 (7.0 and later) or 6.10.",
+)
+
 
 @click.group("oneflow")
 def command() -> None:
-    """OneFlow service templates for the Flower appliances."""
+    """OneFlow service templates and role VM templates for the Flower appliances.
+
+    Both work from the CLI (oneflow-template create/instantiate) and from Sunstone, on
+    OpenNebula 7.x (--opennebula 7, the default) and 6.10 (--opennebula 6.10).
+    """
 
 
 @command.command("template")
 @click.argument("kind", type=click.Choice(KINDS))
+@version_option
 @click.option("--superlink-template-id", type=click.IntRange(min=0), default=None, help="VM template of the SuperLink.")
 @click.option("--supernode-template-id", type=click.IntRange(min=0), default=None, help="VM template of the SuperNode.")
 @click.option("--name", default=None, help="Service template name (default: flower-KIND).")
@@ -35,20 +48,29 @@ def command() -> None:
 )
 def template(
     kind: str,
+    opennebula: str,
     superlink_template_id: int | None,
     supernode_template_id: int | None,
     name: str | None,
     supernodes: int,
 ) -> None:
-    """Print a OneFlow 7.x service template for KIND as JSON.
+    """Print a OneFlow service template for KIND as JSON.
 
     \b
     coordinator    SuperLink only, one VM, TLS on (the zone that runs the federation)
     training-site  SuperNodes only; FL_SUPERLINK_ADDRESS and FL_SSL_CA_CERTFILE mandatory
     single-site    SuperLink and SuperNodes in one service; SuperNodes find it through OneGate
 
-    Register it with `oneflow-template create FILE`. The role VM templates must set CONTEXT
-    TOKEN=YES and REPORT_READY=YES.
+    \b
+    Register it with `oneflow-template create FILE` (or Sunstone: Service Templates, Create,
+    Advanced), then instantiate it with `oneflow-template instantiate ID` (asks every input) or
+    Sunstone's Instantiate form. The inputs are service-level (user_inputs on 7, custom_attrs on
+    6.10): both clients ask them, and every VM of the service gets them. text64 inputs (a CA, peers)
+    take raw PEM, its base64 or base64 twice: the CLI encodes what is typed, Sunstone does not.
+
+    The role VM templates must carry the CONTEXT printed by `flower-ctx oneflow vm-template ROLE`
+    (TOKEN=YES, REPORT_READY=YES, and each input passed as NAME="$NAME": 6.10 needs that to see
+    any input in CONTEXT).
     """
     ids = {"superlink": superlink_template_id, "supernode": supernode_template_id}
     for role, value in ids.items():
@@ -56,12 +78,29 @@ def template(
             raise click.UsageError(f"--{role}-template-id does not apply to {kind} (it has no {role} role)")
     for role in USES[kind]:
         if ids[role] is None:
-            click.echo(f"note: --{role}-template-id not given; using template_id 0 (edit it before use)", err=True)
+            field = "template_id" if opennebula == "7" else "vm_template"
+            click.echo(f"note: --{role}-template-id not given; using {field} 0 (edit it before use)", err=True)
     doc = build(
         kind,
         superlink_template_id=superlink_template_id or 0,
         supernode_template_id=supernode_template_id or 0,
         name=name,
         supernodes=supernodes,
+        opennebula=opennebula,
     )
     click.echo(json.dumps(doc, indent=2))
+
+
+@command.command("vm-template")
+@click.argument("role", type=click.Choice(["superlink", "supernode"]))
+@version_option
+def vm_template_command(role: str, opennebula: str) -> None:
+    """Print the CONTEXT section ROLE's VM template needs (OpenNebula template text).
+
+    TOKEN, NETWORK and REPORT_READY set to YES, your SSH key, and NAME = "$NAME" for every
+    variable a OneFlow service can ask for this role, so the answers reach the VM's CONTEXT on
+    6.10 and 7.x alike (an unanswered one is empty, i.e. unset). Paste it into the VM template
+    (`onetemplate update ID`, or Sunstone's Context tab); the output is the same for both
+    versions apart from its comment. No secret is listed: see docs/appliance.md.
+    """
+    click.echo(vm_template(role, opennebula), nl=False)
