@@ -243,9 +243,9 @@ def vm_template(role: Role | str, opennebula: str = DEFAULT_VERSION) -> str:
     secrets = [var.name for var in REGISTRY if var.applies_to(role) and var.secret]
     lines = [
         f"# CONTEXT of the Flower {title} VM template (OpenNebula {opennebula}{'.x' if opennebula == '7' else ''}).",
-        "# Add it to the VM template of the image (onetemplate update ID, or Sunstone's Context tab);",
-        "# keep your own CPU, MEMORY, DISK, NIC. Each NAME = \"$NAME\" line passes a OneFlow input into",
-        "# CONTEXT (OneFlow 6.10 puts inputs only into USER_TEMPLATE); unanswered, it is empty = unset.",
+        "# Add it to the image's VM template: onetemplate update ID FILE --append (it replaces the",
+        "# template's CONTEXT; CPU, MEMORY, DISK, NIC stay). Each NAME = \"$NAME\" line passes a OneFlow",
+        "# input into CONTEXT (OneFlow 6.10 puts inputs only into USER_TEMPLATE); unanswered = empty = unset.",
         f"# Secrets ({', '.join(secrets)}) are never inputs: see docs/appliance.md.",
         "CONTEXT = [",
     ]

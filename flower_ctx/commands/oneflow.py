@@ -62,11 +62,11 @@ def template(
     single-site    SuperLink and SuperNodes in one service; SuperNodes find it through OneGate
 
     \b
-    Register it with `oneflow-template create FILE` (or Sunstone: Service Templates, Create,
-    Advanced), then instantiate it with `oneflow-template instantiate ID` (asks every input) or
-    Sunstone's Instantiate form. The inputs are service-level (user_inputs on 7, custom_attrs on
-    6.10): both clients ask them, and every VM of the service gets them. text64 inputs (a CA, peers)
-    take raw PEM, its base64 or base64 twice: the CLI encodes what is typed, Sunstone does not.
+    Register it with `oneflow-template create FILE`, then instantiate it with
+    `oneflow-template instantiate ID` (asks every input) or Sunstone's Instantiate form.
+    The inputs are service-level (user_inputs on 7, custom_attrs on 6.10): both clients
+    ask them, and every VM of the service gets them. text64 inputs (a CA, peers) take
+    raw PEM, its base64 or base64 twice: the CLI encodes what is typed, Sunstone does not.
 
     The role VM templates must carry the CONTEXT printed by `flower-ctx oneflow vm-template ROLE`
     (TOKEN=YES, REPORT_READY=YES, and each input passed as NAME="$NAME": 6.10 needs that to see
@@ -99,8 +99,9 @@ def vm_template_command(role: str, opennebula: str) -> None:
 
     TOKEN, NETWORK and REPORT_READY set to YES, your SSH key, and NAME = "$NAME" for every
     variable a OneFlow service can ask for this role, so the answers reach the VM's CONTEXT on
-    6.10 and 7.x alike (an unanswered one is empty, i.e. unset). Paste it into the VM template
-    (`onetemplate update ID`, or Sunstone's Context tab); the output is the same for both
-    versions apart from its comment. No secret is listed: see docs/appliance.md.
+    6.10 and 7.x alike (an unanswered one is empty, i.e. unset). Add it to the role's VM
+    template with `onetemplate update ID FILE --append` (it replaces the template's CONTEXT). The
+    output is the same for both versions apart from its comment. No secret is listed: see
+    docs/appliance.md.
     """
     click.echo(vm_template(role, opennebula), nl=False)
