@@ -60,7 +60,8 @@ what decides whether a flower-ctx template works, warts included:
 API (everything a lab needs)::
 
     flow = OneFlow(onegate, version="7.4.0",                      # or "6.10.5"; "7" and "6.10" too
-                   nic_context=lambda role, vm_name, vmid: {...},  # ETH0_IP, ETH0_MAC, ... for CONTEXT
+                   nic_context=lambda role, vm_name, vmid: {...},  # ETH0_IP, ETH0_MAC, ... (quick: called
+                                                                   # with the double's lock held)
                    on_vm_created=lambda record: ...,               # a VmRecord, from the worker thread
                    on_reconfigure=lambda record: ...,              # after update_context
                    onegate_endpoint=None)                          # CONTEXT ONEGATE_ENDPOINT (default onegate.url)
@@ -1731,10 +1732,9 @@ class OneFlow:
         template = [(n, v) for n, v in attrs if n in TEMPLATE_ATTRS and n not in ("NAME", "CONTEXT")]
         user_template = [(n, v) for n, v in attrs if n not in TEMPLATE_ATTRS]
         raw_context = _first(attrs, "CONTEXT")
-        with self.onegate.lock:
-            vmid = self.onegate._next_vm
-            while vmid in self.onegate.vms:
-                vmid += 1
+        ut = _as_document(user_template)
+        fake = self.onegate.add_vm(name, nics=[], user_template=ut)  # the VMID, taken atomically
+        vmid = fake.id
         template += [("VMID", str(vmid)), ("TEMPLATE_ID", str(vmt.id))]
         doc = _VmDoc(name=name, vmid=vmid, template=template, user_template=user_template, user_attrs=self.user_attrs)
         context: dict[str, str] = {}
@@ -1750,10 +1750,10 @@ class OneFlow:
                 context["VMID"] = str(vmid)
             context.setdefault("DISK_ID", "1")
             context.setdefault("TARGET", "hda")
-        ut = _as_document(user_template)
-        nics = _nics_from_context(context)
-        fake = self.onegate.add_vm(name, vm_id=vmid, nics=nics, user_template=ut, context=context,
-                                   template=_as_document(template))
+        with self.onegate.lock:
+            fake.nics = _nics_from_context(context)
+            fake.context = dict(context)
+            fake.template = _as_document(template)
         assert svc.fake is not None and rs.fake is not None
         self.onegate.add_node(svc.fake, rs.fake, fake)
         rec = VmRecord(id=vmid, name=name, role=rs.name, service_id=svc.id, context=context, token=fake.token,

@@ -640,3 +640,23 @@ def test_instantiate_through_the_api_needs_every_input(sites: Any, tmp_path: Pat
         400, "Verify that every User Input have its corresponding value defined")
     with pytest.raises(OneFlowError, match="no values have been found"):
         flow.instantiate(tid, {})
+
+
+@pytest.mark.parametrize(("version", "message"), [
+    ("7.0.0", "The Service template specifies user inputs for the role superlink but no values have been found"),
+    ("7.4.0", "The Service template specifies User Inputs but no values have been found"),
+])
+def test_role_level_inputs_are_not_asked_by_sunstone(sites: Any, version: str, message: str) -> None:
+    # Why the inputs are at service level: the form shows none of a role's user_inputs, so the
+    # request carries no value for them and OneFlow refuses it. The CLI would have asked them.
+    flow, _ = sites(version, gate_version=version)
+    vt = flow.add_vm_template(HARDWARE + vm_template("superlink"))
+    doc = build("coordinator", vt)
+    doc["roles"][0]["user_inputs"] = doc.pop("user_inputs")
+    tid = flow.create_template(doc)
+    with pytest.raises(OneFlowError) as err:
+        flow.web_instantiate(tid, {})
+    assert (err.value.status, err.value.message) == (400, message)
+    answers = [""] * len(doc["roles"][0]["user_inputs"])
+    out = flow.cli(["oneflow-template", "instantiate", str(tid)], answers)
+    assert '> Please insert the user inputs for the role "superlink"' in out and "ID: " in out
