@@ -64,9 +64,11 @@ API (everything a lab needs)::
                                                                    # with the double's lock held)
                    on_vm_created=lambda record: ...,               # a VmRecord, from the worker thread
                    on_reconfigure=lambda record: ...,              # after update_context
-                   onegate_endpoint=None)                          # CONTEXT ONEGATE_ENDPOINT (default onegate.url)
+                   onegate_endpoint=None,                          # CONTEXT ONEGATE_ENDPOINT (default onegate.url)
+                   user_attrs={"SSH_PUBLIC_KEY": "..."})           # the owner's attributes, for $USER[...]
     with flow:                                                     # starts/stops the worker thread
-        tid = flow.add_vm_template(text, template_id=None)         # a VM template (template text)
+        tid = flow.add_vm_template(HW + vm_template_text)          # template text, e.g. CPU/MEMORY/DISK/NIC
+                                                                   # plus `flower-ctx oneflow vm-template ROLE`
         out = flow.cli(["oneflow-template", "create", path])       # "ID: 0\\n"; CliError on failure
         out = flow.cli(["oneflow-template", "instantiate", "0"], answers=[...])
         sid = flow.web_instantiate(0, {"FL_SUPERLINK_ADDRESS": "...", ...})
@@ -75,15 +77,19 @@ API (everything a lab needs)::
         flow.wait_state(sid, "RUNNING", timeout=60)                # service state name
         flow.service(sid)                                          # ServiceState: state, roles, log
         flow.vms(sid, role="supernode")                            # [VmRecord] in creation order
+        flow.record(vmid); flow.template(tid)                      # one VM; a stored service template
         flow.scale(sid, "supernode", 3)
         flow.update_context(vmid, {"FL_LOG_LEVEL": "DEBUG", "OLD": None})  # onevm updateconf
 
 ``VmRecord``: ``id``, ``name``, ``role``, ``service_id``, ``context`` (the final CONTEXT:
 exactly what OpenNebula writes into context.sh), ``token`` (its OneGate token), ``user_template``
 (at creation; OneGate holds the live one), ``template``; ``context_sh()`` renders context.sh
-with ``flower_ctx.context.render``. Errors: :class:`OneFlowError` (``status``, ``message``: the
-HTTP answer of oneflow-server), :class:`CliError` (``status``, ``output``: what the CLI printed),
-:class:`WebFormError` (the form refuses to submit). The OneGate double is not started or bound
+with ``flower_ctx.context.render``. Callbacks run in the worker thread, outside the double's
+lock; an exception they raise is re-raised by the next ``settle``/``wait_state``. Give the OneGate
+double the same version (``OneGateServer(version="7.4.0")``: 500 bodies differ).
+Errors: :class:`OneFlowError` (``status``, ``message``: the HTTP answer of oneflow-server),
+:class:`CliError` (``status``, ``output``: what the CLI printed), :class:`WebFormError` (the form
+refuses to submit). The OneGate double is not started or bound
 here; the lab binds it where its VMs can reach it (``tests/netns_thread.py``).
 """
 
@@ -814,12 +820,12 @@ def resolve_vars(value: str, vm: _VmDoc) -> str:
         if not m:
             i += 1  # a lone '$': the variable is empty, the next character is kept
             continue
-        name = m.group(0)
-        j = i + 1 + len(name)
+        name = m.group(0).upper()  # vm_var_syntax upper-cases the names it looks up
+        j = i + 1 + len(m.group(0))
         vm_m = re.match(r"\[[ \t]*([A-Za-z0-9_]+)(?:[ \t]*,[ \t]*([A-Za-z0-9_]+)[ \t]*=[ \t]*"
                         r"(\"[^\"]*\"|[A-Za-z0-9]+))?[ \t]*\]", value[j:])
         if vm_m:
-            vname, vvar, vval = vm_m.group(1), vm_m.group(2), vm_m.group(3)
+            vname, vvar, vval = vm_m.group(1).upper(), vm_m.group(2) and vm_m.group(2).upper(), vm_m.group(3)
             vval = vval[1:-1] if vval and vval.startswith('"') else vval
             out.append(_vector_var(vm, name, vname, vvar, vval))
             i = j + len(vm_m.group(0))
