@@ -3,8 +3,10 @@
 A minimal Debian 12 root made by debootstrap (cached under /var/cache/flower-ctx-tests, rebuilt
 only when missing) is copied to a temporary directory with this repository inside it, then
 packer/scripts/provision.sh runs in it through chroot, with nothing installed by hand: apt and pip
-fetch from the package registries. Mounts are made inside a private mount namespace
-(`unshare --mount`), so they vanish with the process even when the test crashes.
+fetch from the package registries. The first run is under umask 0077 (what one-apps runs its steps
+with): everything pip and venv write must still be readable by the `flower` user. Mounts are made
+inside a private mount namespace (`unshare --mount`), so they vanish with the process even when the
+test crashes.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,7 +139,8 @@ def provisioned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
         policy.chmod(0o755)
         _copy_repo(root / SRC_IN_ROOT.lstrip("/"))
         first = in_chroot(
-            root, f"bash {SRC_IN_ROOT}/packer/scripts/provision.sh --role superlink", timeout=PROVISION_TIMEOUT
+            root, f"umask 0077; bash {SRC_IN_ROOT}/packer/scripts/provision.sh --role superlink",
+            timeout=PROVISION_TIMEOUT,
         )
         assert first.returncode == 0, f"provision.sh failed ({first.returncode}):\n{first.stdout[-6000:]}"
         yield root, first.stdout
@@ -174,6 +178,10 @@ def test_flower_ctx_runs_inside(provisioned: tuple[Path, str]) -> None:
         out = in_chroot(root, cmd)
         assert out.returncode == 0, out.stdout
         assert out.stdout.strip() == f"flower-ctx {__version__}"
+    # Flower's own CLI is on PATH for the operator (flwr run, flwr ls, ...).
+    assert os.readlink(root / "usr/local/bin/flwr") == "/opt/flower/venv/bin/flwr"
+    out = in_chroot(root, "command -v flwr && flwr --version")
+    assert out.returncode == 0 and "/usr/local/bin/flwr" in out.stdout and "1.39.0" in out.stdout, out.stdout
     # Flower is the pinned release, importable from the virtualenv, with its scripts on bin/.
     out = in_chroot(
         root, "/opt/flower/venv/bin/python3 -c 'import importlib.metadata as m; print(m.version(\"flwr\"))'"
@@ -221,6 +229,54 @@ def test_tree_permissions(provisioned: tuple[Path, str]) -> None:
     for rel in ("opt/flower/venv", "opt/flower/venv/bin/flower-ctx"):
         mode, uid, _gid = _mode_owner(root / rel)
         assert uid == 0 and not mode & 0o022, rel
+
+
+def test_virtualenv_is_readable_by_flower_despite_umask_0077(provisioned: tuple[Path, str]) -> None:
+    """provision.sh ran under umask 0077: every file venv and pip wrote must still be readable (and
+    every directory searchable) by others, i.e. by the `flower` user that runs Flower."""
+    root, _ = provisioned
+    venv = root / "opt/flower/venv"
+    unreadable = []
+    checked = 0
+    for dirpath, dirnames, filenames in os.walk(venv):
+        for name in dirnames:
+            mode = (Path(dirpath) / name).lstat().st_mode
+            if stat.S_ISDIR(mode) and mode & 0o005 != 0o005:
+                unreadable.append(f"{oct(mode & 0o777)} {Path(dirpath, name).relative_to(root)}/")
+        for name in filenames:
+            mode = (Path(dirpath) / name).lstat().st_mode
+            checked += 1
+            if stat.S_ISREG(mode) and not mode & 0o004:
+                unreadable.append(f"{oct(mode & 0o777)} {Path(dirpath, name).relative_to(root)}")
+    assert checked > 1000  # flwr, grpcio, cryptography, ... really are there
+    assert unreadable == [], unreadable[:20]
+    # And as that user, for real: Flower imports.
+    out = in_chroot(root, "runuser -u flower -- /opt/flower/venv/bin/python3 -c 'import flwr, flower_ctx'")
+    assert out.returncode == 0, out.stdout
+
+
+def test_files_only_installs_what_the_full_run_installs(provisioned: tuple[Path, str], tmp_path: Path) -> None:
+    """--files-only (the test rigs' install) goes through the same functions: the same units, hook and links."""
+    root, log = provisioned
+    scratch = tmp_path / "root"
+    (scratch / "etc").mkdir(parents=True)
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        shutil.copy2(root / "etc" / name, scratch / "etc" / name)
+    out = subprocess.run(["bash", str(REPO / "packer/scripts/provision.sh"), "--role", "superlink", "--files-only",
+                          "--root", str(scratch)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+    def installed(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(("provision: unit:", "provision: link:",
+                                                                          "provision: one-apps hook:"))]
+
+    assert installed(out.stdout) == installed(log) != []
+    assert "user flower: exists" in out.stdout  # the same user database: nothing new
+    for rel in ("etc/one-appliance/service.d/appliance.sh", "etc/one-appliance/flower/role",
+                "etc/systemd/system/flower-superlink.service"):
+        assert (scratch / rel).read_bytes() == (root / rel).read_bytes(), rel
+    for rel in ("usr/local/bin/flower-ctx", "usr/local/bin/flwr"):
+        assert os.readlink(scratch / rel) == os.readlink(root / rel), rel
 
 
 def test_units_and_hook_installed(provisioned: tuple[Path, str]) -> None:
