@@ -1,6 +1,10 @@
-# Variables shared by the Flower appliance builds (symlinked into each service directory, as
-# one-apps does). one-apps' packer/build.sh passes appliance_name, distro, version, input_dir,
-# output_dir, headless and arch; the rest say where the one-apps checkout and flower-ctx are.
+# The variables one-apps' packer/build.sh passes to every build (-var appliance_name, distro, version,
+# input_dir, output_dir, headless, arch), declared as one-apps' own packer/vars-common.pkr.hcl
+# declares them, plus its command_format and arch_vars, and the qemu plugin pinned the same way.
+# Each service directory links this file as vars-common.pkr.hcl, as one-apps' services do: copied
+# into a one-apps checkout the link finds one-apps' file instead, so the templates may rely on
+# these names only (tests/test_packer.py checks both). Nothing here chooses what is built: with
+# `make service_X`, distro is "service_X", never a base distribution.
 
 packer {
   required_plugins {
@@ -11,29 +15,19 @@ packer {
   }
 }
 
-variable "input_dir" {
+variable "appliance_name" {
   type        = string
-  description = "This service directory (one-apps passes packer/<name>)."
-}
-
-variable "output_dir" {
-  type        = string
-  description = "Where the built qcow2 goes."
-}
-
-variable "headless" {
-  type    = bool
-  default = true
-}
-
-variable "version" {
-  type    = string
-  default = ""
+  description = "The build's name, service_<Name>: the VM name and the exported image's file name."
 }
 
 variable "distro" {
-  type    = string
-  default = "ubuntu2404"
+  type        = string
+  description = "What build.sh passes (the service name for services); not used by these builds."
+}
+
+variable "version" {
+  type        = string
+  description = "What build.sh passes (digits after the name; none for these services)."
 }
 
 variable "arch" {
@@ -41,27 +35,28 @@ variable "arch" {
   default = "x86_64"
 }
 
-variable "one_apps_dir" {
+variable "command_format" {
+  type    = string
+  default = "bash {{.Path}}"
+}
+
+variable "input_dir" {
   type        = string
-  default     = "."
-  description = "A one-apps checkout: appliances/ (service.sh, lib, net-90/net-99) and export/<distro>.qcow2."
+  description = "This service directory (build.sh passes packer/<name>)."
 }
 
-variable "flower_ctx_src" {
+variable "output_dir" {
   type        = string
-  default     = ""
-  description = "The flower-ctx source tree; empty: the repository these files are in."
+  description = "The working directory of the build (build.sh passes build/<name>)."
 }
 
-variable "memory" {
-  type    = number
-  default = 2048
+variable "headless" {
+  type    = bool
+  default = true
 }
 
-locals {
-  base_image = "${var.one_apps_dir}/export/${var.distro}.qcow2"
-  src        = var.flower_ctx_src != "" ? var.flower_ctx_src : abspath("${path.root}/../..")
-  scripts    = abspath("${path.root}/../scripts")
-  context    = "${var.input_dir}/${var.appliance_name}-context.iso"
-  src_tar    = "${var.input_dir}/${var.appliance_name}-flower-ctx.tar.gz"
+variable "arch_vars" {
+  type        = map(map(string))
+  default     = {}
+  description = "Per-architecture qemu settings in one-apps; these builds are x86_64 only."
 }

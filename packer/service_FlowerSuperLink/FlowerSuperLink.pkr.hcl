@@ -1,28 +1,28 @@
-# Flower superlink appliance, one-apps style: boot the one-apps Ubuntu 24.04 base image with a
-# build-time context CD, install through packer/scripts/provision.sh (the single install path),
-# put the one-apps service manager and the flower-ctx hook in place, run `service install`.
-# configure and bootstrap never run here: net-90 is only moved into place, they run at each boot.
+# Flower SuperLink appliance, one-apps style. Built by one-apps' Makefile (`make service_FlowerSuperLink`
+# with this directory linked or copied into one-apps' packer/, see packer/README.md) or by the same
+# `packer build` from this tree, run in the one-apps root either way: the base image and the
+# one-apps framework are one-apps files named relative to it, as its own services name them.
+# Boots export/ubuntu2404.qcow2 with a build-time context CD, installs flower-ctx through
+# packer/scripts/provision.sh (the single install path), puts the one-apps service manager and the
+# flower-ctx hook in place and runs `service install`. configure and bootstrap never run here:
+# net-90 is only moved into place; they run at each boot.
 
-source "null" "context" {
+source "null" "prepare" {
   communicator = "none"
 }
 
-# The build-time context CD and a tarball of the flower-ctx tree (its committed state).
+# On the build host: the context CD from gen_context, and a tarball of the flower-ctx tree (its
+# committed state), found from this directory without any variable (see ./prepare).
 build {
   name    = "prepare"
-  sources = ["source.null.context"]
+  sources = ["source.null.prepare"]
 
   provisioner "shell-local" {
-    inline = [
-      "mkdir -p ${var.input_dir}/context",
-      "${path.root}/gen_context > ${var.input_dir}/context/context.sh",
-      "mkisofs -o ${local.context} -V CONTEXT -J -R ${var.input_dir}/context",
-      "git -C ${local.src} archive --format=tar.gz -o ${abspath(local.src_tar)} HEAD",
-    ]
+    inline = ["${path.root}/prepare ${var.input_dir} ${var.appliance_name} ${local.source_tar}"]
   }
 }
 
-source "qemu" "flower_superlink" {
+source "qemu" "flower" {
   cpus        = 2
   memory      = var.memory
   accelerator = "kvm"
@@ -45,7 +45,7 @@ source "qemu" "flower_superlink" {
   qemuargs = [
     ["-serial", "stdio"],
     ["-cpu", "host"],
-    ["-cdrom", local.context],
+    ["-cdrom", local.context_iso],
     # The MAC must equal ETH0_MAC of gen_context.
     ["-netdev", "user,id=net0,hostfwd=tcp::{{ .SSHHostPort }}-:22"],
     ["-device", "virtio-net-pci,netdev=net0,mac=00:11:22:33:44:55"],
@@ -60,11 +60,22 @@ source "qemu" "flower_superlink" {
 
 build {
   name    = "appliance"
-  sources = ["source.qemu.flower_superlink"]
+  sources = ["source.qemu.flower"]
+
+  # The flower-ctx tree first: the build's scripts (packer/scripts) come from it.
+  provisioner "file" {
+    source      = local.source_tar
+    destination = "/tmp/flower-ctx.tar.gz"
+  }
 
   # Undo the build-time SSH settings of gen_context's start script.
   provisioner "shell" {
-    scripts = ["${local.scripts}/81-configure-ssh.sh"]
+    inline_shebang = "/bin/bash -e"
+    inline = [
+      "rm -rf ${local.vm_src} && install -d -m 0755 ${local.vm_src}",
+      "tar -C ${local.vm_src} -xzf /tmp/flower-ctx.tar.gz && rm -f /tmp/flower-ctx.tar.gz",
+      "bash ${local.vm_src}/packer/scripts/81-configure-ssh.sh",
+    ]
   }
 
   provisioner "shell" {
@@ -75,43 +86,40 @@ build {
     ]
   }
 
-  # The one-apps framework, from the one-apps checkout.
+  # The one-apps framework, from the one-apps root.
   provisioner "file" {
     sources = [
-      "${var.one_apps_dir}/appliances/scripts/net-90-service-appliance",
-      "${var.one_apps_dir}/appliances/scripts/net-99-report-ready",
+      "appliances/scripts/net-90-service-appliance",
+      "appliances/scripts/net-99-report-ready",
     ]
     destination = "/etc/one-appliance/"
   }
 
   provisioner "file" {
-    source      = "${var.one_apps_dir}/appliances/service.sh"
+    source      = "appliances/service.sh"
     destination = "/etc/one-appliance/service"
   }
 
   provisioner "file" {
     sources = [
-      "${var.one_apps_dir}/appliances/lib/common.sh",
-      "${var.one_apps_dir}/appliances/lib/functions.sh",
+      "appliances/lib/common.sh",
+      "appliances/lib/functions.sh",
     ]
     destination = "/etc/one-appliance/lib/"
   }
 
-  # flower-ctx, Flower, the units and the hook (service.d/appliance.sh): one script does it all.
-  provisioner "file" {
-    source      = local.src_tar
-    destination = "/tmp/flower-ctx.tar.gz"
-  }
-
+  # flower-ctx, Flower, the units, the hook (service.d/appliance.sh) and the links: provision.sh.
   provisioner "shell" {
     environment_vars = ["FLOWER_ROLE=${var.flower_role}"]
-    scripts          = ["${local.scripts}/83-install-flower.sh"]
+    inline_shebang   = "/bin/bash -e"
+    inline           = ["bash ${local.vm_src}/packer/scripts/83-install-flower.sh"]
   }
 
   # net-90 (configure + bootstrap at each boot) and the one-apps net-99 (READY only after
   # bootstrap_success) go in place last.
   provisioner "shell" {
-    scripts = ["${local.scripts}/82-configure-context.sh"]
+    inline_shebang = "/bin/bash -e"
+    inline         = ["bash ${local.vm_src}/packer/scripts/82-configure-context.sh"]
   }
 
   provisioner "shell" {
@@ -125,6 +133,10 @@ build {
       "OUTPUT_DIR=${var.output_dir}",
       "APPLIANCE_NAME=${var.appliance_name}",
     ]
-    scripts = ["${var.one_apps_dir}/packer/postprocess.sh"]
+    scripts = ["packer/postprocess.sh"]
+  }
+
+  post-processor "shell-local" {
+    inline = ["rm -f ${local.source_tar}"]
   }
 }
