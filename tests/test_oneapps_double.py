@@ -389,7 +389,10 @@ def test_bad_context_stops_at_configure_failure_and_reports_nothing(
     net99 = run.script("net-99-report-ready")
     assert (net99.rc, net99.output) == (0, ""), run.output()
     assert net99_puts(og, fake) == []
-    assert og.user_template(fake).get("READY") != "YES"
+    # flower-ctx's own report: not ready, and why, naming the variable.
+    ut = og.user_template(fake)
+    assert ut.get("READY") != "YES" and ut.get("FL_READY") == "NO", ut
+    assert "FL_GRPC_KEEPALIVE_TIME" in ut.get("FL_ERROR", ""), ut
 
 
 @in_vms
@@ -581,14 +584,8 @@ def test_a_leftover_holding_the_service_lock_blocks_later_runs_yet_net99_reports
     assert "DEBUG" in vm.path("/opt/flower/config/superlink.json").read_text()
 
 
-# The readiness contract this depends on is being implemented in flower_ctx concurrently (not
-# committed when this was written): `flower-ctx bootstrap` exits 0 only when READY=YES is published,
-# 1 otherwise, a waiting SuperNode included, whose readiness a watch service then keeps current.
-# Remove the marker once it has landed.
 @in_vms
 @requires_flower
-@pytest.mark.xfail(strict=False, reason="needs the readiness contract in flower_ctx: bootstrap exits 1 while a "
-                                        "SuperNode waits for its SuperLink, a watch service keeps readiness current")
 def test_waiting_supernode_ends_as_bootstrap_failure_and_net99_stays_silent(
         zone: tuple[Rig, OneGateServer]) -> None:
     rig, og = zone
