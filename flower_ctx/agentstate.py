@@ -46,6 +46,10 @@ SHAPES: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
         "ca_fingerprint": (False, _str_or_none),
         "superlink_vm": (False, _str_or_none),
     },
+    "admission.json": {
+        "ours": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
+        "onegate": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
+    },
     "identity.json": {
         "vmid": (True, _str_or_none),
         "name": (True, lambda v: isinstance(v, str) and len(v) < 256),

@@ -114,7 +114,11 @@ def attributes(config: Config, paths: Paths) -> dict[str, str]:
         except (OSError, FlowerCtxError):
             raise FlowerCtxError(f"no CA at {paths.ca_cert}: run flower-ctx configure --role superlink") from None
         return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc))
-    return supernode_attrs(config, superlink=runtime_target(doc), wg_public_key=wg_pub)
+    from .admission import node_public_key
+
+    node_key = node_public_key(paths) if config.tls_enabled else None
+    return supernode_attrs(config, superlink=runtime_target(doc), wg_public_key=wg_pub,
+                           node_public_key=node_key.line if node_key else None)
 
 
 def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:
@@ -132,6 +136,22 @@ def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:
         attrs, health = {}, Health(False, str(exc))
     result = publish_ready(client, attrs, lambda: HealthResult(health.ok, health.detail))
     return _record(paths, result)
+
+
+def publish_attributes(config: Config, paths: Paths, client: Any) -> None:
+    """The role's attributes alone, before Flower starts (a SuperNode's key must be in OneGate for
+    its SuperLink to admit it). Readiness is untouched; OneGate trouble is only logged."""
+    from .errors import OneGateError
+    from .onegate import obj
+
+    if client is None:
+        return
+    try:
+        wanted = attributes(config, paths)
+        ut = obj(obj(client.get_vm().get("VM"), "VM").get("USER_TEMPLATE"), "VM.USER_TEMPLATE")
+        client.update_vm({k: v for k, v in wanted.items() if ut.get(k) != v})  # only what differs
+    except (OneGateError, FlowerCtxError) as exc:
+        log.warning("OneGate: attributes not published yet (%s)", exc)
 
 
 def publish_failure(client: Any, paths: Paths, error: str) -> str:

@@ -79,10 +79,13 @@ def resolve(
     typed: dict[str, Any] = {}
     given: dict[str, str] = {}  # canonical -> name used in CONTEXT, for messages
     table: list[Effective] = []
+    explicit: set[str] = set()  # canonical names given a value (not left to their default)
 
     for var in REGISTRY:
         raw, used = _pick(var, values, c)
         given[var.name] = used
+        if raw is not None:
+            explicit.add(var.name)
         if raw is not None and not var.applies_to(role):
             c.warnings.append(f"{used}: ignored, it applies to the {_role_names(var)} only")
             table.append(Effective(var.name, _mask(var, raw), f"ignored (not for {role.value})"))
@@ -112,6 +115,7 @@ def resolve(
     _keepalive_rules(typed, given, c)
     pki = _tls_rules(role, typed, given, values, onegate, c, now)
     wg = _wg_rules(role, typed, given, c, onegate)
+    trust = _trust_rules(role, typed, given, nics, wg, c, explicit)
 
     if c.problems:
         raise ValidationError(c.problems)
@@ -133,6 +137,7 @@ def resolve(
         wg=wg,
         nics=nics,
         onegate=onegate,
+        **trust,
         warnings=tuple(c.warnings),
         ignored=ignored,
     )
@@ -148,6 +153,56 @@ def load_config(
 ) -> Config:
     """Validate ``values`` for ``role``. Raises ``ValidationError`` listing every problem."""
     return resolve(role, values, token=token, now=now)[0]
+
+
+def _trust_rules(
+    role: Role, typed: dict[str, Any], given: dict[str, str], nics: tuple[Nic, ...], wg: WgConfig | None,
+    c: _Collector, explicit: set[str],
+) -> dict[str, Any]:
+    """SuperNode authentication, the firewall, and TLS off only where nothing crosses a public network."""
+    tls, insecure_ok = typed["FL_TLS_ENABLED"], typed["FL_ALLOW_INSECURE"]
+    if tls is False and not insecure_ok:
+        fix = "set FL_TLS_ENABLED=YES, or FL_ALLOW_INSECURE=YES if you mean it"
+        if role is Role.SUPERLINK:
+            public = [(f"ETH{n.index}_IP" if a == n.ip else f"ETH{n.index}_IP6", a)
+                      for n in nics for a in (n.ip, n.ip6) if a is not None and a.is_global]
+            if public:
+                name, addr = public[0]
+                c.err(given["FL_TLS_ENABLED"], f"is NO but the Fleet API listens on every address of this VM, "
+                      f"and {name} {addr} is public: models would cross it unencrypted and anyone could join; {fix}")
+        else:
+            target = typed["FL_SUPERLINK_ADDRESS"]
+            if target is not None and (target.ip is None or target.ip.is_global):
+                what = "a DNS name, not provably private" if target.ip is None else "a public address"
+                c.err(given["FL_SUPERLINK_ADDRESS"], f"{target} is {what} and FL_TLS_ENABLED=NO: models would cross "
+                      f"it unencrypted; {fix}")
+    if role is not Role.SUPERLINK:
+        return {"allow_insecure": bool(insecure_ok)}
+    auth = bool(typed["FL_SUPERNODE_AUTH"])
+    if auth and not tls:
+        if "FL_SUPERNODE_AUTH" in explicit:
+            c.err(given["FL_SUPERNODE_AUTH"], "needs TLS (Flower refuses SuperNode authentication without it): set "
+                  "FL_TLS_ENABLED=YES or FL_SUPERNODE_AUTH=NO")
+        else:
+            c.warnings.append("FL_SUPERNODE_AUTH: off because FL_TLS_ENABLED=NO (it needs TLS): any SuperNode that "
+                              "reaches the Fleet port can join")
+        auth = False
+    tunnel_only = bool(typed["FL_FLEET_ON_TUNNEL_ONLY"])
+    if tunnel_only and wg is None and not any(n.startswith(("FL_WG", "ONEAPP_FL_WG")) for n, _ in c.problems):
+        c.err(given["FL_FLEET_ON_TUNNEL_ONLY"], "is YES but wg0 is off: set FL_WG_ENABLED=YES (or this to NO)")
+    if tunnel_only and typed["FL_FIREWALL"] is False:
+        c.err(given["FL_FLEET_ON_TUNNEL_ONLY"], "is enforced by the appliance's firewall: set FL_FIREWALL=YES")
+    if typed["FL_FLEET_ALLOWED_SOURCES"] and typed["FL_FIREWALL"] is False:
+        c.warnings.append("FL_FLEET_ALLOWED_SOURCES: not enforced because FL_FIREWALL=NO")
+    return {
+        "supernode_auth": auth,
+        "admitted_keys": typed["FL_SUPERNODE_PUBLIC_KEYS"] or (),
+        "auth_onegate": bool(typed["FL_SUPERNODE_AUTH_ONEGATE"]),
+        "firewall": bool(typed["FL_FIREWALL"]),
+        "fleet_sources": tuple(typed["FL_FLEET_ALLOWED_SOURCES"] or ()),
+        "fleet_tunnel_only": tunnel_only,
+        "allow_insecure": bool(insecure_ok),
+    }
 
 
 def _role_names(var: Variable) -> str:

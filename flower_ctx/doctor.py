@@ -8,7 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import FlowerCtxError
-from .health import probe_with_local_ca, runtime_doc, superlink_dial_address, tcp_error
+from .health import (
+    not_admitted,
+    probe_with_local_ca,
+    runtime_doc,
+    service_log_tail,
+    superlink_dial_address,
+    tcp_error,
+)
 from .inspect import EXPIRY_WARN_DAYS, cert_info, wg_status
 from .model import Config, HostPort, Role
 from .paths import Paths
@@ -97,6 +104,10 @@ def _service_check(paths: Paths, role: str) -> Iterator[Check]:
     state = for_machine(paths).state(role)
     if state.running:
         yield Check("service", OK, f"flower-{role} {state.detail} ({state.manager})")
+    elif role == "supernode" and not_admitted(paths):
+        yield Check("admission", PROBLEM, "the SuperLink refused this SuperNode's key (Flower: not registered)",
+                    "SuperNode not admitted: add its key to FL_SUPERNODE_PUBLIC_KEYS on the SuperLink "
+                    "(`flower-ctx node key` prints it); in the SuperLink's own service it is admitted from OneGate")
     else:
         where = "journalctl -u flower-" + role if state.manager == "systemd" else f"{paths.flower_home}/run/{role}.log"
         yield Check("service", PROBLEM, f"flower-{role} is {state.detail}",
@@ -231,30 +242,9 @@ def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
             yield Check("wg peer", OK, f"peer {short}: handshake {int(p.latest_handshake_age)}s ago")
 
 
-def _service_log_tail(paths: Paths, role: str) -> bytes:
-    """The end of the Flower service's log: the journal under systemd, else the built-in log file."""
-    from .supervisor import SystemdSupervisor, child_environment, for_machine, unit_name
-
-    if isinstance(for_machine(paths), SystemdSupervisor):
-        import subprocess
-
-        try:
-            out = subprocess.run(["journalctl", "-u", unit_name(role), "-n", "2000", "--no-pager", "-o", "cat"],
-                                 capture_output=True, timeout=20, env=child_environment())
-            return out.stdout[-200_000:]
-        except (OSError, subprocess.TimeoutExpired):
-            return b""
-    from .files import read_tail
-
-    try:
-        return read_tail(paths.flower_home / "run" / f"{role}.log", 200_000)
-    except (OSError, FlowerCtxError):
-        return b""
-
-
 def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
     t, to = config.keepalive_time, config.keepalive_timeout
-    tail = _service_log_tail(paths, role)
+    tail = service_log_tail(paths, role)
     if b"too_many_pings" in tail or b"ENHANCE_YOUR_CALM" in tail:
         yield Check("keepalive", PROBLEM, "the SuperLink closed the connection with GOAWAY too_many_pings",
                     f"the SuperLink does not accept pings every {t}s: run it with flower-ctx (allows 10 s) or "

@@ -107,6 +107,51 @@ def _supernode_exit_cause(
     return result.message, result.kind.value
 
 
+# What Flower's SuperNode logs when the SuperLink does not admit its key (flwr 1.39+: ActivateNode
+# refused, self-registration refused under SuperNode authentication, unregistered while connected).
+NOT_ADMITTED_MARKERS = (b"Failed to activate SuperNode", b"All SuperNodes must be registered", b"Invalid node ID")
+NOT_ADMITTED = ("SuperNode not admitted: add its key to FL_SUPERNODE_PUBLIC_KEYS on the SuperLink "
+                "(`flower-ctx node key` prints it)")
+
+
+def service_log_tail(paths: Paths, role: str, size: int = 200_000) -> bytes:
+    """The end of the Flower service's log: the journal under systemd, else the built-in log file."""
+    from .errors import FlowerCtxError
+    from .files import read_tail
+    from .supervisor import SystemdSupervisor, child_environment, for_machine, unit_name
+
+    if isinstance(for_machine(paths), SystemdSupervisor):
+        import subprocess
+
+        try:
+            out = subprocess.run(["journalctl", "-u", unit_name(role), "-n", "2000", "--no-pager", "-o", "cat"],
+                                 capture_output=True, timeout=20, env=child_environment())
+            return out.stdout[-size:]
+        except (OSError, subprocess.TimeoutExpired):
+            return b""
+    try:
+        return read_tail(paths.flower_home / "run" / f"{role}.log", size)
+    except (OSError, FlowerCtxError):
+        return b""
+
+
+def _since_start(paths: Paths) -> bytes:
+    tail = service_log_tail(paths, "supernode", 50_000)
+    last_start = tail.rfind(b"Starting Flower SuperNode")
+    return tail[last_start:] if last_start >= 0 else tail
+
+
+def not_admitted(paths: Paths) -> bool:
+    """The SuperNode's last Flower run ended because the SuperLink does not admit its key."""
+    recent = _since_start(paths)
+    return any(m in recent for m in NOT_ADMITTED_MARKERS)
+
+
+def activated(paths: Paths) -> bool:
+    """The SuperNode's current Flower run was accepted by the SuperLink (Flower logs its node id)."""
+    return b"SuperNode ID:" in _since_start(paths)
+
+
 def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: float = 3.0) -> Health:
     from .probe import ProbeKind
 
@@ -117,8 +162,10 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
     state = supervisor.state(role)
     if not state.running:
         down = f"the Flower {role} is not running ({state.detail}); see its log"
-        # A SuperNode that exits at once usually failed its TLS handshake: name that cause first.
+        # A SuperNode that exits at once failed its TLS handshake or was not admitted: name the cause.
         cause = _supernode_exit_cause(config, doc, paths, timeout) if config.role is Role.SUPERNODE else None
+        if cause is None and config.role is Role.SUPERNODE and not_admitted(paths):
+            cause = (NOT_ADMITTED, "not_admitted")
         if cause is None:
             return Health(False, down)
         return Health(False, f"{cause[0]}; {down}", kind=cause[1])
@@ -131,6 +178,9 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
         target = found
     if not config.tls_enabled:
         err = tcp_error(target, timeout)
+        if err is None and config.role is Role.SUPERNODE and not activated(paths):
+            return Health(False, f"SuperLink {target} reachable; waiting for it to accept this SuperNode",
+                          waiting=True, kind="connecting")
         if err is None:
             return Health(True, f"{role} up; Fleet API {target} accepts connections (TLS off)")
         who = "Fleet API" if config.role is Role.SUPERLINK else "SuperLink"
@@ -141,6 +191,11 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
     if result.ok:
         if config.role is Role.SUPERLINK:
             return Health(True, f"Fleet API {target} answers TLS verified with its own CA", kind=result.kind.value)
+        if not activated(paths):
+            # Flower's SuperNode is up but the SuperLink has not accepted it (yet): it is admitted, or
+            # it exits within seconds and the watch names why.
+            return Health(False, f"SuperLink {target} verified; waiting for it to accept this SuperNode",
+                          waiting=True, kind="connecting")
         return Health(True, f"SuperNode running; SuperLink {target} verified with the configured CA",
                       kind=result.kind.value)
     waiting = config.role is Role.SUPERNODE and result.kind is ProbeKind.UNREACHABLE

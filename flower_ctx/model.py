@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -145,6 +146,14 @@ class Config:
     wg: WgConfig | None  # None when FL_WG_ENABLED=NO
     nics: tuple[Nic, ...]
     onegate: OneGateAccess
+    # Who may join and reach the SuperLink (issue 13); SuperNode: only allow_insecure applies.
+    supernode_auth: bool = False  # --enable-supernode-auth (TLS on and FL_SUPERNODE_AUTH=YES)
+    admitted_keys: tuple[Any, ...] = ()  # admission.keys.PublicKey from FL_SUPERNODE_PUBLIC_KEYS
+    auth_onegate: bool = False  # also admit this service's SuperNodes published in OneGate
+    firewall: bool = False
+    fleet_sources: tuple[IPNetwork, ...] = ()  # empty: any
+    fleet_tunnel_only: bool = False
+    allow_insecure: bool = False
     warnings: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # CONTEXT names that are not flower-ctx's (other software's)
 

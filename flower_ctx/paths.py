@@ -48,6 +48,11 @@ class Paths:
         return self.certs_dir / "server.key"
 
     @property
+    def node_key(self) -> Path:
+        """A SuperNode's identity key (OpenSSH EC private key, read by Flower as ``flower``)."""
+        return self.certs_dir / "node.key"
+
+    @property
     def state_dir(self) -> Path:
         return self._p("/opt/flower/state")
 

@@ -32,6 +32,7 @@ MANAGED_ATTRS = (
     "FL_CA_FINGERPRINT",
     "FL_WG_PUBLIC_KEY",
     "FL_WG_TUNNEL_ADDRESS",
+    "FL_NODE_PUBLIC_KEY",
     "FL_GRPC_KEEPALIVE_TIME",
     "FL_GRPC_KEEPALIVE_TIMEOUT",
     "FL_SUPERLINK",
@@ -117,10 +118,14 @@ def superlink_attrs(
 
 
 def supernode_attrs(
-    config: Config, *, superlink: HostPort | None = None, wg_public_key: str | None = None
+    config: Config, *, superlink: HostPort | None = None, wg_public_key: str | None = None,
+    node_public_key: str | None = None,
 ) -> dict[str, str]:
-    """The SuperNode's attributes: role, version, the SuperLink address it uses, its WG key."""
+    """The SuperNode's attributes: role, version, the SuperLink address it uses, its WG key, and its
+    node key (the SuperLink of the same service admits it from there)."""
     attrs = {"FL_ROLE": "supernode", "FL_VERSION": config.flower_version}
+    if node_public_key:
+        attrs["FL_NODE_PUBLIC_KEY"] = node_public_key
     target = superlink or config.superlink_address
     if target is not None:
         attrs["FL_SUPERLINK"] = format_endpoint(target)

@@ -18,12 +18,14 @@ common keys
 superlink only
   fleet_api_address "0.0.0.0:9092"               the Fleet API (gRPC), the only non-loopback listener
   state_dir         path                          SuperLink state directory (0700 flower)
+  supernode_auth    bool                          Flower's SuperNode authentication (--enable-supernode-auth)
   database          path                          SQLite database (FL_DATABASE under /opt/flower)
 supernode only
   superlink_address "host:port" | "[v6]:port" | null (null: OneGate discovery pending)
   node_config       "k=v k2=v2"                   FL_NODE_CONFIG, passed to --node-config as is
   max_retries       int (0 = forever)             FL_MAX_RETRIES
   max_wait_time     int seconds (0 = forever)     FL_MAX_WAIT_TIME
+  node_key          path | null                   the SuperNode's identity key (with TLS)
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def build_runtime_config(config: Config, paths: Paths, *, superlink_address: Hos
         doc["fleet_api_address"] = FLEET_API_ADDRESS
         doc["state_dir"] = str(paths.state_dir)
         doc["database"] = str(database_path(config, paths))
+        doc["supernode_auth"] = config.supernode_auth
     else:
         address = superlink_address if superlink_address is not None else config.superlink_address
         doc["http_api"] = {"host": LOOPBACK, "port": SUPERNODE_HTTP_PORT}
@@ -90,6 +93,7 @@ def build_runtime_config(config: Config, paths: Paths, *, superlink_address: Hos
         doc["node_config"] = " ".join(f"{k}={v}" for k, v in config.node_config)
         doc["max_retries"] = config.max_retries
         doc["max_wait_time"] = config.max_wait_time
+        doc["node_key"] = str(paths.node_key) if config.tls_enabled else None
     return doc
 
 
@@ -163,6 +167,7 @@ def problems(doc: Any, role: str) -> list[str]:
         need("fleet_api_address", _address_ok(doc.get("fleet_api_address")), "must be host:port")
         need("state_dir", _path_ok(doc.get("state_dir")), "must be an absolute path")
         need("database", _path_ok(doc.get("database")), "must be an absolute path")
+        need("supernode_auth", isinstance(doc.get("supernode_auth", False), bool), "must be true or false")
     else:
         sa = doc.get("superlink_address")
         need("superlink_address", sa is None or _address_ok(sa), "must be null or host:port")
@@ -170,6 +175,8 @@ def problems(doc: Any, role: str) -> list[str]:
         need("node_config", isinstance(nc, str) and node_config_ok(nc), "must be Flower node config text")
         need("max_retries", _int_ok(doc.get("max_retries"), 0, 1_000_000), "must be a whole number")
         need("max_wait_time", _int_ok(doc.get("max_wait_time"), 0, 31_536_000), "must be a whole number")
+        nk = doc.get("node_key")
+        need("node_key", nk is None or _path_ok(nk), "must be null or an absolute path")
     return out
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ApplyError, FlowerCtxError
-from .files import ensure_dir, open_for_append, read_file, unlink, write_file
+from .files import ensure_dir, exists, open_for_append, read_file, unlink, write_file
 from .paths import Paths
 
 # Environment names a child must never inherit: the one-apps hook exports every CONTEXT variable,
@@ -81,7 +81,7 @@ def fingerprint_inputs(paths: Paths, role: str) -> str:
     h = hashlib.sha256()
     if role.startswith(WATCH_PREFIX):
         return h.hexdigest()
-    for p in (paths.runtime_config(role), paths.ca_cert, paths.server_cert, paths.server_key):
+    for p in (paths.runtime_config(role), paths.ca_cert, paths.server_cert, paths.server_key, paths.node_key):
         try:
             h.update(read_file(p))
         except (OSError, FlowerCtxError):
@@ -124,6 +124,11 @@ class Supervisor:
     def stop(self, role: str) -> None:
         raise NotImplementedError
 
+    def keep_running(self, role: str) -> str | None:
+        """Restart a service that ended on its own (what systemd's Restart= does for units); what was
+        done, or None. Called by the watch."""
+        return None
+
 
 class SystemdSupervisor(Supervisor):
     manager = "systemd"
@@ -160,6 +165,13 @@ class SystemdSupervisor(Supervisor):
 
 class BuiltinSupervisor(Supervisor):
     manager = "builtin"
+
+    def keep_running(self, role: str) -> str | None:
+        """The built-in stand-in for Restart=on-failure: a service that was started and has ended is
+        started again (a SuperNode not admitted yet exits at once and must retry)."""
+        if not exists(self._stamp(role)) or self.state(role).running:
+            return None  # never started here (bootstrap's job), or running
+        return self.ensure_running(role)
 
     def _pidfile(self, role: str) -> Path:
         return self.run_dir / f"{role}.pid"

@@ -109,6 +109,20 @@ def _peers_summary(text: str) -> str:
     return f"{n} [Peer] section{'s' if n != 1 else ''}"
 
 
+def _node_keys(value: str) -> tuple[Any, ...]:
+    from .admission.keys import parse_list
+
+    text = v.text64_content(value, lambda b: b"ecdsa-sha2-nistp" in b, "SuperNode public keys (ecdsa-sha2-...)")
+    try:
+        return parse_list(text.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise v.Invalid(str(exc) if isinstance(exc, ValueError) else "is not UTF-8 text") from None
+
+
+def _node_keys_display(keys: Any) -> str:
+    return f"{len(keys)} key{'s' if len(keys) != 1 else ''}"
+
+
 def _sans_display(entries: Any) -> str:
     return ",".join(str(e) for e in entries)
 
@@ -170,6 +184,45 @@ REGISTRY: tuple[Variable, ...] = (
         "Extra names for the generated server certificate, comma-separated IP:a.b.c.d, IP:v6 or DNS:name "
         "(tunnel, public or NAT addresses SuperNodes dial). Ignored under operator PKI.",
         v.san_list, display=_sans_display, group="tls",
+    ),
+    Variable(
+        "FL_SUPERNODE_AUTH", L, "boolean",
+        "Only admitted SuperNodes may join (Flower's SuperNode authentication: each SuperNode proves its key). "
+        "Needs TLS.",
+        v.boolean, default="YES", display=_yes_no, group="trust",
+    ),
+    Variable(
+        "FL_SUPERNODE_PUBLIC_KEYS", L, "text64",
+        "SuperNodes admitted from other zones: their public keys, one per line as `flower-ctx node key` prints "
+        "them (ecdsa-sha2-nistp384 AAAA... [name]). A key removed from here is unregistered.",
+        _node_keys, display=_node_keys_display, group="trust",
+    ),
+    Variable(
+        "FL_SUPERNODE_AUTH_ONEGATE", L, "boolean",
+        "Also admit the SuperNodes of this VM's own OneFlow service (their FL_NODE_PUBLIC_KEY in OneGate).",
+        v.boolean, default="YES", display=_yes_no, group="trust",
+    ),
+    Variable(
+        "FL_FIREWALL", L, "boolean",
+        "An nftables table of the appliance's own (inet flower_ctx): Fleet port only from "
+        "FL_FLEET_ALLOWED_SOURCES, Control ports never from outside, the WireGuard port open when wg0 is on.",
+        v.boolean, default="YES", display=_yes_no, group="trust",
+    ),
+    Variable(
+        "FL_FLEET_ALLOWED_SOURCES", L, "text",
+        "Networks allowed to reach the Fleet port (9092), comma-separated CIDRs; empty: any.",
+        v.network_list, display=lambda t: ",".join(str(x) for x in t), group="trust",
+    ),
+    Variable(
+        "FL_FLEET_ON_TUNNEL_ONLY", L, "boolean",
+        "The Fleet port answers only on wg0 (needs FL_WG_ENABLED=YES and FL_FIREWALL=YES).",
+        v.boolean, default="NO", display=_yes_no, group="trust",
+    ),
+    Variable(
+        "FL_ALLOW_INSECURE", LN, "boolean",
+        "Accept FL_TLS_ENABLED=NO on a SuperLink with a public address or towards a SuperLink address that is "
+        "not private (otherwise refused).",
+        v.boolean, default="NO", display=_yes_no, group="trust",
     ),
     Variable(
         "FL_DATABASE", L, "text",
@@ -257,6 +310,7 @@ GROUP_TITLES = {
     "keepalive": "gRPC keepalive",
     "supernode": "SuperNode",
     "wireguard": "WireGuard",
+    "trust": "Who may join and reach the SuperLink",
 }
 
 

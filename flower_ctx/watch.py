@@ -25,7 +25,7 @@ from . import agentstate
 from .boot import client_for, discover, needs_discovery, publish, publish_failure
 from .errors import ContextError, FlowerCtxError, ValidationError
 from .health import Health, check
-from .model import Config, OneGateAccess
+from .model import Config, OneGateAccess, Role
 from .paths import Paths
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,8 @@ INTERVAL_S = 5.0
 RESYNC_S = 30.0
 PROBE_TIMEOUT_S = 3.0
 DISCOVERY_S = 10.0  # per check: the watch never blocks long, the next check tries again
+RESTART_S = 10.0  # built-in supervisor: an ended Flower is started again at most this often
+ADMIT_ONEGATE_S = 10.0  # SuperLink: how often the keys published in OneGate are read again
 FAILED_CONFIGURE = "configure-failed.json"
 
 
@@ -61,6 +63,8 @@ class Watch:
         self._last: tuple[bool, str] | None = None
         self._synced = float("-inf")
         self._looking = False  # this watch is discovering the SuperLink and will start Flower
+        self._admitted_from_onegate = float("-inf")
+        self._restarted = float("-inf")
 
     def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
         """One check from the CONTEXT as it is now."""
@@ -96,10 +100,31 @@ class Watch:
         if self._looking and not sup.state(self.role).running:
             with machine_lock(self.paths, wait=False):
                 self.say(f"flower-{self.role} {sup.ensure_running(self.role)} ({sup.manager})")
+        elif time.monotonic() - self._restarted >= RESTART_S:
+            done = sup.keep_running(self.role)
+            if done:
+                self._restarted = time.monotonic()
+                self.say(f"flower-{self.role} {done} ({sup.manager}: it had ended)")
         health = self.health_check(config, self.paths, sup, timeout=PROBE_TIMEOUT_S)
         if health.ok:
             self._looking = False
+            if config.role is Role.SUPERLINK:
+                self._admit(config)
         return health, config, config.onegate
+
+    def _admit(self, config: Config) -> None:
+        """Admission follows the CONTEXT at every check (a removed key is locked out within one
+        interval); OneGate's published keys are read again at each resync only."""
+        from .admission import reconcile
+
+        due = time.monotonic() - self._admitted_from_onegate >= ADMIT_ONEGATE_S
+        client = self._client(config.onegate) if due and config.auth_onegate else None
+        report = reconcile(config, self.paths, onegate_client=client)
+        if client is not None:
+            self._admitted_from_onegate = time.monotonic()
+        if report.registered or report.unregistered or report.burned or report.problems:
+            for line in report.lines():
+                self.say(line)
 
     def tick(self) -> None:
         """Check, and publish when the answer changed or a resync is due."""
@@ -133,5 +158,8 @@ class Watch:
     def run(self, stop: Callable[[], bool] = lambda: False) -> None:
         while not stop():
             started = time.monotonic()
-            self.tick()
+            try:
+                self.tick()
+            except Exception:  # a bug must not end the watch: say it, try again at the next check
+                log.exception("watch: unexpected error in a check (a bug: please report it)")
             time.sleep(max(0.0, self.interval - (time.monotonic() - started)))

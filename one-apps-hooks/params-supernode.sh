@@ -9,6 +9,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_GRPC_KEEPALIVE_TIME' 'configure' 'Seconds between gRPC keepalive pings on the Fleet API connection; keeps NAT and firewall state alive.' 'O|number'
     'ONEAPP_FL_GRPC_KEEPALIVE_TIMEOUT' 'configure' 'Seconds to wait for a ping acknowledgement before the connection is declared dead; below the interval.' 'O|number'
     'ONEAPP_FL_SSL_CA_CERTFILE' 'configure' 'Base64 of a PEM CA certificate. SuperLink: with FL_SSL_CERTFILE and FL_SSL_KEYFILE, your own PKI (all three or none). SuperNode: the CA to trust (mandatory across zones with TLS).' 'O|text64'
+    'ONEAPP_FL_ALLOW_INSECURE' 'configure' 'Accept FL_TLS_ENABLED=NO on a SuperLink with a public address or towards a SuperLink address that is not private (otherwise refused).' 'O|boolean'
     'ONEAPP_FL_SUPERLINK_ADDRESS' 'configure' 'SuperLink Fleet API as host:port or [v6]:port. Empty: discovered through OneGate (same OneFlow service only); mandatory across zones.' 'O|text'
     'ONEAPP_FL_NODE_CONFIG' 'configure' 'Flower node config: key=value pairs separated by spaces (e.g. partition-id=0 num-partitions=2).' 'O|text'
     'ONEAPP_FL_MAX_RETRIES' 'configure' 'SuperNode reconnection attempts; 0 = retry forever.' 'O|number'

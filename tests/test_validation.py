@@ -176,7 +176,7 @@ def test_keepalive_timeout_must_be_below_interval() -> None:
     ],
 )
 def test_superlink_address_forms(value: str, expected: HostPort) -> None:
-    cfg = load_config("supernode", {"FL_SUPERLINK_ADDRESS": value, "FL_TLS_ENABLED": "NO"})
+    cfg = load_config("supernode", {"FL_SUPERLINK_ADDRESS": value, "FL_TLS_ENABLED": "NO", "FL_ALLOW_INSECURE": "YES"})
     assert cfg.superlink_address == expected
 
 

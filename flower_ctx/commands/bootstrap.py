@@ -10,10 +10,10 @@ from typing import Any
 
 import click
 
-from ..boot import client_for, discover, needs_discovery, publish
+from ..boot import client_for, discover, needs_discovery, publish, publish_attributes
 from ..errors import EXIT_FAILED, FlowerCtxError
 from ..health import Health, check, runtime_doc
-from ..model import Config
+from ..model import Config, Role
 from ..paths import Paths
 from ..supervisor import for_machine, watch_service
 from ._common import (
@@ -35,12 +35,22 @@ def say(msg: str) -> None:
 
 
 def _wait_health(config: Config, paths: Paths, sup: Any, wait: float) -> Health:
+    from ..watch import RESTART_S
+
     deadline = time.monotonic() + wait
     delay = 0.25
+    restarted = time.monotonic()
     while True:
         health = check(config, paths, sup)
         if health.ok or time.monotonic() >= deadline:
             return health
+        if health.kind == "not_admitted" and time.monotonic() - restarted >= RESTART_S:
+            # Not admitted (yet): the SuperLink admits this key from OneGate or its list within
+            # seconds; Flower's SuperNode does not retry by itself, so start it again.
+            done = sup.keep_running(config.role.value)
+            restarted = time.monotonic()
+            if done:
+                say(f"flower-{config.role.value} {done} ({sup.manager}): not admitted yet, trying again")
         # A CA or name mismatch will not fix itself: stop waiting once Flower has had time to start.
         if health.kind in ("ca_mismatch", "name_mismatch", "expired", "not_yet_valid", "bad_ca") and delay >= 2:
             return health
@@ -104,10 +114,17 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
             say(publish(config, paths, client, Health(False, str(exc))))
             _start_watch(config, paths, sup, client, context_file)
             raise click.exceptions.Exit(EXIT_FAILED) from None
+    if config.role is Role.SUPERNODE:
+        publish_attributes(config, paths, client)  # its key first: the SuperLink admits it from OneGate
     action = sup.ensure_running(role)
     say(f"flower-{role} {action} ({sup.manager})")
     health = _wait_health(config, paths, sup, wait)
     say(("ready: " if health.ok else "not ready: ") + health.detail)
+    if health.ok and config.role is Role.SUPERLINK:
+        from ..admission import reconcile
+
+        for line in reconcile(config, paths, onegate_client=client).lines():
+            say(line)
     say(publish(config, paths, client, health))
     _start_watch(config, paths, sup, client, context_file)
     if not health.ok:

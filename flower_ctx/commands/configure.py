@@ -34,7 +34,7 @@ def _steps() -> list[tuple[str, Step]]:
 
     Imported here, not at module level, so `configure --help` stays light.
     """
-    from .. import agentstate, flowerversion, runtime, tls, wireguard
+    from .. import admission, agentstate, flowerversion, runtime, tls, wireguard
     from ..model import Role
 
     def runtime_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
@@ -47,6 +47,7 @@ def _steps() -> list[tuple[str, Step]]:
     return [
         ("flower", flowerversion.apply),
         ("tls", tls.apply),
+        ("node key", admission.ensure_node_key),
         ("wireguard", wireguard.apply),
         ("runtime", runtime_step),
     ]
@@ -89,6 +90,20 @@ def _print(results: list[StepResult], dry_run: bool, role: str, paths: Paths) ->
         click.echo(f"{role}: {pending} change(s) pending{where}" if pending else f"{role}: unchanged{where}")
     else:
         click.echo(f"{role}: {pending} change(s) applied{where}" if pending else f"{role}: unchanged{where}")
+
+
+def _admission(config: Config, paths: Paths) -> None:
+    """A SuperLink whose Flower already runs (a reconfigure) applies a changed admission list now."""
+    from ..admission import reconcile
+    from ..boot import client_for
+    from ..model import Role
+
+    if config.role is not Role.SUPERLINK:
+        return
+    report = reconcile(config, paths, onegate_client=client_for(config.onegate, paths, retries=1, deadline=15.0))
+    if report.registered or report.unregistered or report.burned:
+        for line in report.lines():
+            click.echo(f"  {line}")
 
 
 def _record_failure(paths: Paths, error: str | None) -> None:
@@ -175,6 +190,7 @@ def command(
             raise
         if report:
             _record_failure(paths, None)
+            _admission(config, paths)
     warnings = list(config.warnings) + [w for r in results for w in r.warnings]
     pending = any(c.pending for r in results for c in r.changes)
     if as_json:

@@ -90,11 +90,15 @@ def flower_argv(doc: dict[str, Any]) -> list[str]:
     if role == "superlink":
         argv += ["--fleet-api-type", "grpc-rere", "--fleet-api-address", doc["fleet_api_address"],
                  "--database", doc["database"]]
+        if doc.get("supernode_auth"):
+            argv += ["--enable-supernode-auth"]
     else:
         if not doc.get("superlink_address"):
             raise RunError("no SuperLink address yet: set FL_SUPERLINK_ADDRESS, or wait until OneGate "
                            "discovery finds the SuperLink of this service and configure writes it")
         argv += ["--grpc-rere", "--superlink", doc["superlink_address"]]
+        if doc.get("node_key"):
+            argv += ["--auth-supernode-private-key", doc["node_key"]]
         if doc.get("node_config"):
             argv += ["--node-config", doc["node_config"]]
         if doc.get("max_retries"):
@@ -115,6 +119,8 @@ def check_files(doc: dict[str, Any]) -> None:
     problems = [f"{key} {tls[key]}: missing or unreadable"
                 for key in ("ca_certfile", "certfile", "keyfile")
                 if tls.get("enabled") and tls.get(key) and not os.access(tls[key], os.R_OK)]
+    if doc.get("node_key") and not os.access(doc["node_key"], os.R_OK):
+        problems.append(f"node_key {doc['node_key']}: missing or unreadable (run `flower-ctx configure`)")
     if doc["role"] == "superlink":
         db_dir = Path(doc["database"]).parent
         if not db_dir.is_dir():
