@@ -34,7 +34,7 @@ def _steps() -> list[tuple[str, Step]]:
 
     Imported here, not at module level, so `configure --help` stays light.
     """
-    from .. import admission, agentstate, flowerversion, runtime, tls, wireguard
+    from .. import admission, agentstate, firewall, flowerversion, runtime, tls, wireguard
     from ..model import Role
 
     def runtime_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
@@ -49,6 +49,7 @@ def _steps() -> list[tuple[str, Step]]:
         ("tls", tls.apply),
         ("node key", admission.ensure_node_key),
         ("wireguard", wireguard.apply),
+        ("firewall", firewall.apply),
         ("runtime", runtime_step),
     ]
 
