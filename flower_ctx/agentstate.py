@@ -46,6 +46,12 @@ SHAPES: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
         "ca_fingerprint": (False, _str_or_none),
         "superlink_vm": (False, _str_or_none),
     },
+    "ca-pin.json": {
+        "fingerprint": (True, lambda v: isinstance(v, str) and v.startswith("sha256:") and len(v) == 71),
+        "vm": (False, _str_or_none),
+        "time": (False, _int),
+        "refused": (False, lambda v: isinstance(v, dict) and all(isinstance(x, (str, int)) for x in v.values())),
+    },
     "admission.json": {
         "ours": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
         "onegate": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),

@@ -45,6 +45,42 @@ def client_for(access: OneGateAccess, paths: Paths, **kw: Any) -> Any:
     return OneGateClient(access, **kw)
 
 
+PIN = "ca-pin.json"
+
+
+class CaPinError(FlowerCtxError):
+    """OneGate now publishes another CA than the one this SuperNode pinned: refused."""
+
+
+def pinned_ca(paths: Paths) -> dict[str, Any] | None:
+    """The CA this SuperNode pinned when it first learnt it from OneGate (and any refusal since)."""
+    return agentstate.read_or_none(paths, PIN)
+
+
+def refusal_message(pinned: str, offered: str, vm: str) -> str:
+    return (f"the SuperLink VM {vm or '?'} now publishes CA {offered} in OneGate, but this SuperNode pinned CA "
+            f"{pinned} when it first found it: refused (any VM of the service can rewrite those attributes). If the "
+            "SuperLink really has a new CA: set FL_SSL_CA_CERTFILE, or run `flower-ctx ca forget` on this VM")
+
+
+def pin_check(paths: Paths, fingerprint: str | None, vm_id: str) -> None:
+    """Trust on first use: the first CA learnt from OneGate is pinned; a different one is refused."""
+    import time
+
+    pin = pinned_ca(paths)
+    if pin is None:
+        agentstate.write(paths, PIN, {"fingerprint": fingerprint, "vm": vm_id, "time": int(time.time())})
+        return
+    if pin.get("fingerprint") == fingerprint:
+        if pin.get("refused"):
+            agentstate.write(paths, PIN, {k: v for k, v in pin.items() if k != "refused"})
+        return
+    refused = {"fingerprint": fingerprint or "?", "vm": vm_id, "time": int(time.time())}
+    if (pin.get("refused") or {}).get("fingerprint") != refused["fingerprint"]:
+        agentstate.write(paths, PIN, {**pin, "refused": refused})
+    raise CaPinError(refusal_message(str(pin.get("fingerprint")), refused["fingerprint"], vm_id))
+
+
 def discover(config: Config, paths: Paths, client: Any, wait: float, say: Callable[[str], None]) -> HostPort:
     """SuperNode without FL_SUPERLINK_ADDRESS (or without a CA): find the SuperLink of this
     service through OneGate, install its CA, and write the runtime config. Run under the machine
@@ -75,6 +111,7 @@ def discover(config: Config, paths: Paths, client: Any, wait: float, say: Callab
         if found.ca_pem is None:
             raise FlowerCtxError(f"the SuperLink at {found.endpoint} has not published FL_CA_CERT; "
                                  "set FL_SSL_CA_CERTFILE on this SuperNode")
+        pin_check(paths, found.ca_fingerprint, found.vm_id)
         tls.install_trusted_ca(found.ca_pem, paths)
     if ca_only:
         assert config.superlink_address is not None

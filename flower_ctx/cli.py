@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("flower_ctx.commands.watch", "Keep this VM's readiness in OneGate current (the watch unit)."),
     "status": ("flower_ctx.commands.status", "Show what this VM is and whether it is ready."),
     "doctor": ("flower_ctx.commands.doctor", "Diagnose TLS, tunnel, keepalive and OneGate problems."),
-    "ca": ("flower_ctx.commands.ca", "Export the CA for another zone's FL_SSL_CA_CERTFILE."),
+    "ca": ("flower_ctx.commands.ca", "Export the CA for other zones; forget a CA pinned from OneGate."),
     "wg": ("flower_ctx.commands.wg", "WireGuard helpers (key generation, the hub's [Peer] of this VM)."),
     "node": ("flower_ctx.commands.node", "This SuperNode's public key, for the SuperLink's admission list."),
     "context": ("flower_ctx.commands.context", "Check CONTEXT and print the variable reference."),

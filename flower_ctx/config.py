@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import datetime
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import cdrom
 from .errors import ValidationError
 from .model import Config, Nic, OneGateAccess, PkiMaterial, Role, Secret, WgConfig, WgPeer
 from .peers import parse_peer_sections
@@ -69,8 +70,10 @@ def resolve(
     token: str | None = None,
     env_names: frozenset[str] = frozenset(),
     now: datetime.datetime | None = None,
+    files: Callable[[str], bytes] | None = None,
 ) -> tuple[Config, list[Effective]]:
-    """Validate ``values`` for ``role``; return the Config and the effective-value table."""
+    """Validate ``values`` for ``role``; return the Config and the effective-value table.
+    ``files`` reads a ``file:NAME`` value's file from the context CD-ROM (None: not available)."""
     try:
         role = Role(role)
     except ValueError:
@@ -80,6 +83,7 @@ def resolve(
     given: dict[str, str] = {}  # canonical -> name used in CONTEXT, for messages
     table: list[Effective] = []
     explicit: set[str] = set()  # canonical names given a value (not left to their default)
+    inline_secrets: list[str] = []  # secrets written in CONTEXT itself (readable through OneGate)
 
     for var in REGISTRY:
         raw, used = _pick(var, values, c)
@@ -97,9 +101,15 @@ def resolve(
             shown = var.display(typed[var.name]) if typed[var.name] is not None else ""
             table.append(Effective(var.name, shown, "default" if var.default is not None else "unset"))
             continue
+        from_cd = None
         try:
             if len(raw) > MAX_VALUE_LEN:
                 raise Invalid(f"is {len(raw)} characters long; at most {MAX_VALUE_LEN} are accepted")
+            if var.type in ("text64", "password") and raw.startswith(cdrom.PREFIX):
+                from_cd = _from_cdrom(raw, files)
+                raw = from_cd[1]
+            elif var.secret:
+                inline_secrets.append(used)
             typed[var.name] = var.parse(raw)
         except Invalid as exc:
             c.err(used, str(exc))
@@ -107,7 +117,8 @@ def resolve(
             table.append(Effective(var.name, "(invalid)", _source(var, used, env_names)))
             continue
         shown = "********" if var.secret else var.display(typed[var.name])
-        table.append(Effective(var.name, shown, _source(var, used, env_names)))
+        source = _source(var, used, env_names) + (f", context CD-ROM file {from_cd[0]}" if from_cd else "")
+        table.append(Effective(var.name, shown, source))
 
     ignored = _names(values, c)
     nics = _nics(values, c)
@@ -140,8 +151,28 @@ def resolve(
         **trust,
         warnings=tuple(c.warnings),
         ignored=ignored,
+        inline_secrets=tuple(inline_secrets),
     )
     return config, table
+
+
+def _from_cdrom(raw: str, files: Callable[[str], bytes] | None) -> tuple[str, str]:
+    """(file name, content) of a ``file:NAME`` value, or Invalid naming the problem."""
+    try:
+        name = cdrom.name_of(raw)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    assert name is not None
+    if files is None:
+        raise Invalid(f"file:{name} is read from the VM's context CD-ROM, which is not available here")
+    try:
+        data = files(name)
+    except cdrom.CdromError as exc:
+        raise Invalid(str(exc)) from None
+    try:
+        return name, data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise Invalid(f"file:{name} is not UTF-8 text") from None
 
 
 def load_config(

@@ -211,7 +211,9 @@ def _endpoint(vm_id: str, vm: dict[str, Any], ut: dict[str, Any]) -> HostPort:
 
 
 def _ca(vm_id: str, ut: dict[str, Any]) -> tuple[bytes, str]:
-    from .pem import PemError, fingerprint, load_certs
+    """Exactly one CA certificate, re-encoded: what is installed is what the fingerprint names."""
+    from .pem import PemError, fingerprint, is_ca, load_certs
+    from .tls import cert_pem
 
     encoded = text(ut.get("FL_CA_CERT"), "FL_CA_CERT")
     if not encoded or not encoded.strip():
@@ -219,10 +221,14 @@ def _ca(vm_id: str, ut: dict[str, Any]) -> tuple[bytes, str]:
     if len(encoded) > MAX_CA_TEXT:
         raise _NotYet(f"SuperLink VM {vm_id} published an FL_CA_CERT of {len(encoded)} characters, too long for a CA")
     try:
-        pem = decode_value(encoded)
-        cert = load_certs(pem)[0]
+        certs = load_certs(decode_value(encoded))
     except (OneGateValueError, PemError) as exc:
         raise _NotYet(f"SuperLink VM {vm_id} published an unusable FL_CA_CERT ({exc})") from None
+    if len(certs) != 1 or not is_ca(certs[0]):
+        what = f"{len(certs)} certificates" if len(certs) != 1 else "a certificate that is not a CA"
+        raise _NotYet(f"SuperLink VM {vm_id} published {what} in FL_CA_CERT; exactly one CA certificate is accepted")
+    cert = certs[0]
+    pem = cert_pem(cert)
     actual = fingerprint(cert)
     published = text(ut.get("FL_CA_FINGERPRINT"), "FL_CA_FINGERPRINT")
     if published and published.strip() and published.strip().lower() != actual:

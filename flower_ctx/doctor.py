@@ -61,6 +61,8 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
     if config is None:
         return
     yield from _watch_check(config, paths, role)
+    if config.role is Role.SUPERNODE:
+        yield from _pin_check(config, paths)
     if config.role is Role.SUPERLINK:
         yield from _superlink_tls(config, paths, doc)
     else:
@@ -112,6 +114,22 @@ def _service_check(paths: Paths, role: str) -> Iterator[Check]:
         where = "journalctl -u flower-" + role if state.manager == "systemd" else f"{paths.flower_home}/run/{role}.log"
         yield Check("service", PROBLEM, f"flower-{role} is {state.detail}",
                     f"run flower-ctx bootstrap --role {role}; its log: {where}")
+
+
+def _pin_check(config: Config, paths: Paths) -> Iterator[Check]:
+    from .boot import pinned_ca, refusal_message
+
+    pin = pinned_ca(paths)
+    if pin is None or config.pki.ca_pem is not None:
+        return
+    refused = pin.get("refused")
+    if refused:
+        yield Check("ca pin", PROBLEM, refusal_message(str(pin["fingerprint"]), str(refused.get("fingerprint")),
+                                                       str(refused.get("vm", ""))).split(". If")[0],
+                    "if the SuperLink really has a new CA (compare `flower-ctx status` on it): set FL_SSL_CA_CERTFILE "
+                    "or run `flower-ctx ca forget` here; otherwise find the VM that rewrote its attributes")
+    else:
+        yield Check("ca pin", OK, f"{pin['fingerprint']} pinned from OneGate (SuperLink VM {pin.get('vm') or '?'})")
 
 
 def _watch_check(config: Config, paths: Paths, role: str) -> Iterator[Check]:

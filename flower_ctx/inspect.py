@@ -97,6 +97,9 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
         disc = agentstate.read_or_none(paths, "discovered.json")
         if disc:
             out["discovered"] = disc
+        pin = agentstate.read_or_none(paths, "ca-pin.json")
+        if pin:
+            out["tls"]["pinned_ca"] = pin
     ca = cert_info(paths.ca_cert)
     if ca is not None:
         out["tls"]["ca"] = ca.__dict__

@@ -156,6 +156,7 @@ class Config:
     allow_insecure: bool = False
     warnings: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # CONTEXT names that are not flower-ctx's (other software's)
+    inline_secrets: tuple[str, ...] = ()  # secrets given in CONTEXT itself, not as file: (readable via OneGate)
 
     @property
     def operator_pki(self) -> bool:

@@ -22,9 +22,20 @@ from pathlib import Path
 from typing import Any
 
 from . import agentstate
-from .boot import client_for, discover, needs_discovery, publish, publish_failure
+from .boot import (
+    CaPinError,
+    client_for,
+    discover,
+    needs_discovery,
+    pin_check,
+    pinned_ca,
+    publish,
+    publish_failure,
+    refusal_message,
+)
 from .errors import ContextError, FlowerCtxError, ValidationError
-from .health import Health, check
+from .health import Health, check, runtime_doc
+from .lock import machine_lock
 from .model import Config, OneGateAccess, Role
 from .paths import Paths
 
@@ -35,6 +46,7 @@ RESYNC_S = 30.0
 PROBE_TIMEOUT_S = 3.0
 DISCOVERY_S = 10.0  # per check: the watch never blocks long, the next check tries again
 RESTART_S = 10.0  # built-in supervisor: an ended Flower is started again at most this often
+RECHECK_S = 60.0  # SuperNode: how often what the SuperLink publishes in OneGate is looked at again
 ADMIT_ONEGATE_S = 10.0  # SuperLink: how often the keys published in OneGate are read again
 FAILED_CONFIGURE = "configure-failed.json"
 
@@ -65,12 +77,12 @@ class Watch:
         self._looking = False  # this watch is discovering the SuperLink and will start Flower
         self._admitted_from_onegate = float("-inf")
         self._restarted = float("-inf")
+        self._rechecked = float("-inf")
 
     def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
         """One check from the CONTEXT as it is now."""
         from .config import onegate_access, resolve
         from .context import load
-        from .lock import machine_lock
         from .supervisor import for_machine
 
         try:
@@ -105,12 +117,57 @@ class Watch:
             if done:
                 self._restarted = time.monotonic()
                 self.say(f"flower-{self.role} {done} ({sup.manager}: it had ended)")
+        if config.role is Role.SUPERNODE and time.monotonic() - self._rechecked >= RECHECK_S:
+            self._rechecked = time.monotonic()
+            self._recheck_publication(config)
+        pin = pinned_ca(self.paths) or {}
+        if pin.get("refused") and config.pki.ca_pem is None:
+            return Health(False, refusal_message(str(pin["fingerprint"]), str(pin["refused"].get("fingerprint")),
+                                                 str(pin["refused"].get("vm", "")))), config, config.onegate
         health = self.health_check(config, self.paths, sup, timeout=PROBE_TIMEOUT_S)
         if health.ok:
             self._looking = False
             if config.role is Role.SUPERLINK:
                 self._admit(config)
         return health, config, config.onegate
+
+    def _recheck_publication(self, config: Config) -> None:
+        """A SuperNode that learnt its SuperLink from OneGate looks again now and then: a different CA is
+        refused (and reported) against the pin; a new endpoint is taken only when the current one no
+        longer answers and the new one proves the pinned CA (a legitimate move, not a redirect)."""
+        from . import agentstate, runtime
+        from .discovery import DiscoveryError, discover_superlink
+        from .health import probe_with_local_ca, runtime_target
+
+        from_onegate_ca = config.tls_enabled and config.pki.ca_pem is None
+        if not from_onegate_ca and config.superlink_address is not None:
+            return
+        client = self._client(config.onegate)
+        if client is None:
+            return
+        try:
+            found = discover_superlink(client, deadline_s=5.0, max_backoff=2.0)
+        except (DiscoveryError, FlowerCtxError):
+            return  # nothing usable published right now: what is installed stays
+        if from_onegate_ca:
+            try:
+                pin_check(self.paths, found.ca_fingerprint, found.vm_id)
+            except CaPinError as exc:
+                self.say(f"refused: {exc}")
+                return
+        current = runtime_target(runtime_doc(self.paths, config.role.value))
+        if config.superlink_address is not None or current is None or found.endpoint == current:
+            return
+        still = probe_with_local_ca(self.paths, current, PROBE_TIMEOUT_S) if config.tls_enabled else None
+        if still is not None and still.ok:
+            return  # the SuperLink we use answers: a different publication is not a reason to move
+        moved = probe_with_local_ca(self.paths, found.endpoint, PROBE_TIMEOUT_S) if config.tls_enabled else None
+        if config.tls_enabled and (moved is None or not moved.ok):
+            return  # the new endpoint does not prove the pinned CA: never follow it
+        with machine_lock(self.paths, wait=False):
+            agentstate.record_discovery(self.paths, found.endpoint, found.tls, found.ca_fingerprint, found.vm_id)
+            runtime.apply(config, self.paths, superlink_address=found.endpoint)
+        self.say(f"the SuperLink moved to {found.endpoint} (it proves the pinned CA); Flower follows")
 
     def _admit(self, config: Config) -> None:
         """Admission follows the CONTEXT at every check (a removed key is locked out within one

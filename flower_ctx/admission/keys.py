@@ -63,7 +63,14 @@ def parse_line(text: str) -> PublicKey:
     name = (m.group("name") or "").strip()
     if name and not re.fullmatch(r"[A-Za-z0-9._@:()/-]{1,64}", name):
         raise ValueError("has a name (after the key) with characters other than letters, digits and ._@:()/-")
-    return PublicKey(f"{m.group('type')} {m.group('blob')}", name)
+    line = f"{m.group('type')} {m.group('blob')}"
+    from cryptography.hazmat.primitives import serialization  # only when a key is given
+
+    try:
+        serialization.load_ssh_public_key(line.encode())
+    except (ValueError, TypeError):
+        raise ValueError(f"has a body that is not a valid {m.group('type')} key (damaged in the copy?)") from None
+    return PublicKey(line, name)
 
 
 def from_pem(pem: bytes, name: str = "") -> PublicKey:

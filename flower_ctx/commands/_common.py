@@ -73,8 +73,13 @@ def load_validated(
     role: str, context_file: Path | None, use_env: bool, paths: Paths
 ) -> tuple[Config, ContextSource, list[Effective]]:
     """Read CONTEXT and validate it; raises ContextError / ValidationError (exit 2)."""
+    import functools
+
+    from ..cdrom import read
+
     src = load_source(context_file, use_env, paths)
-    config, table = resolve(role, src.values, token=src.token, env_names=src.env_names)
+    config, table = resolve(role, src.values, token=src.token, env_names=src.env_names,
+                            files=functools.partial(read, may_mount=not paths.staged))
     return config, src, table
 
 

@@ -17,7 +17,7 @@ class NoCaError(FlowerCtxError):
 
 @click.group("ca")
 def command() -> None:
-    """The CA of this SuperLink (the one SuperNodes in other zones must trust)."""
+    """The CA of this SuperLink (export) or the CA a SuperNode pinned from OneGate (forget)."""
 
 
 @command.command("export")
@@ -62,3 +62,32 @@ def export(root: Path | None, fmt: str) -> None:
     else:
         click.echo(base64.b64encode(data).decode("ascii"))
     click.echo(f"CA fingerprint: {pem.fingerprint(certs[0])}", err=True)
+
+
+@command.command("forget")
+@read_root_option
+def forget(root: Path | None) -> None:
+    """SuperNode: forget the CA pinned from OneGate, so the next discovery trusts (and pins) the CA
+    the SuperLink of this service publishes now. Only for a SuperLink that really got a new CA:
+    a different CA published in OneGate is refused until you run this (or set FL_SSL_CA_CERTFILE),
+    because any VM of the service can rewrite the SuperLink's attributes. Compare the new
+    fingerprint with `flower-ctx status` on the SuperLink first.
+    """
+    from .. import pem
+    from ..boot import PIN, pinned_ca
+    from ..files import read_file, unlink
+
+    paths = paths_for(root)
+    pin = pinned_ca(paths)
+    if pin is None:
+        click.echo("no CA pinned from OneGate on this VM: nothing to forget")
+        return
+    try:
+        installed = pem.fingerprint(pem.load_certs(read_file(paths.ca_cert))[0])
+    except (OSError, FlowerCtxError):
+        installed = None
+    if installed == pin.get("fingerprint"):
+        unlink(paths.ca_cert)  # the next bootstrap (or the watch) discovers and installs the new one
+    unlink(paths.agent_dir / PIN)
+    click.echo(f"forgot the pinned CA {pin.get('fingerprint')}; run `flower-ctx bootstrap --role supernode` to "
+               "discover the SuperLink's CA again")

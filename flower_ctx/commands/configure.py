@@ -93,6 +93,32 @@ def _print(results: list[StepResult], dry_run: bool, role: str, paths: Paths) ->
         click.echo(f"{role}: {pending} change(s) applied{where}" if pending else f"{role}: unchanged{where}")
 
 
+def _secret_warning(config: Config, paths: Paths) -> list[str]:
+    """A private key written in the CONTEXT of a VM that is in a OneFlow service is readable by every
+    other VM of the service (OneGate GET /service?extended=true): say so, and how to move it."""
+    from ..boot import client_for
+    from ..errors import OneGateError
+    from ..onegate import obj
+
+    if not config.inline_secrets:
+        return []
+    service = None
+    client = client_for(config.onegate, paths, timeout=3.0, retries=0, deadline=5.0)
+    if client is not None:
+        try:
+            ut = obj(obj(client.get_vm().get("VM"), "VM").get("USER_TEMPLATE"), "VM.USER_TEMPLATE")
+            service = ut.get("SERVICE_ID")
+            if service is None:
+                return []  # not in a service: no other VM reads this CONTEXT through OneGate
+        except OneGateError:
+            pass
+    where = f"OneFlow service {service}" if service is not None else "its OneFlow service, if it is in one,"
+    names = ", ".join(config.inline_secrets)
+    return [f"{names}: a private key in CONTEXT is readable by every other VM of {where} through OneGate "
+            "(GET /service?extended=true). Deliver it as a file of the context CD-ROM instead (VM template "
+            "FILES_DS, then NAME=file:<image name>), or leave it empty to have the key generated on the VM"]
+
+
 def _admission(config: Config, paths: Paths) -> None:
     """A SuperLink whose Flower already runs (a reconfigure) applies a changed admission list now."""
     from ..admission import reconcile
@@ -193,6 +219,8 @@ def command(
             _record_failure(paths, None)
             _admission(config, paths)
     warnings = list(config.warnings) + [w for r in results for w in r.warnings]
+    if not dry_run and not paths.staged:
+        warnings += _secret_warning(config, paths)
     pending = any(c.pending for r in results for c in r.changes)
     if as_json:
         doc = {

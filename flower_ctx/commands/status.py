@@ -44,6 +44,13 @@ def render(f: dict[str, Any]) -> list[str]:
             rows.append((label, text))
             if key == "server" and info["sans"]:
                 rows.append(("server sans", ",".join(info["sans"])))
+    pin = tls.get("pinned_ca")
+    if pin:
+        rows.append(("pinned ca", f"{pin['fingerprint']} (learnt from OneGate, SuperLink VM {pin.get('vm') or '?'})"))
+        if pin.get("refused"):
+            r = pin["refused"]
+            rows.append(("refused ca", f"{r.get('fingerprint')} published by VM {r.get('vm') or '?'}: not trusted "
+                                       "(FL_SSL_CA_CERTFILE or `flower-ctx ca forget` if it is genuine)"))
     wg = f.get("wireguard")
     if wg:
         rows.append(("wireguard", f"{wg['interface']} {'up' if wg['up'] else 'down'} ({wg['backend']}), "

@@ -1,0 +1,176 @@
+"""Discovery that cannot be hijacked, and secrets out of OneGate's reach (issue 13).
+
+The attacks are real requests to the OneGate double, made with another service VM's own token, as
+OneGate allows upstream (PUT /vms/<id> inside a service; GET /service?extended=true)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+from urllib.request import Request, urlopen
+
+import pytest
+
+from flower_ctx import boot
+from flower_ctx.config import load_config
+from flower_ctx.context import render
+from flower_ctx.discovery import DiscoveryTimeout
+from flower_ctx.onegate import OneGateClient
+from flower_ctx.paths import Paths
+from flower_ctx.pem import fingerprint, load_certs
+from tests.conftest import REPO
+from tests.onegate_server import OneGateServer, access_for, make_ca_pem
+
+pytestmark = pytest.mark.usefixtures("no_token_in_output")
+
+
+@pytest.fixture
+def gate() -> OneGateServer:
+    with OneGateServer() as g:
+        yield g
+
+
+def _publish_ca(gate: OneGateServer, vm, pem: bytes) -> None:
+    certs = load_certs(pem)
+    vm.user_template.update({"FL_TLS": "YES", "FL_ENDPOINT": "192.0.2.10:9092",
+                             "FL_CA_CERT": base64.b64encode(pem).decode(), "FL_CA_FINGERPRINT": fingerprint(certs[0])})
+
+
+def _rewrite_as(gate: OneGateServer, attacker, target, attrs: dict[str, str]) -> int:
+    """What any VM of the service can do upstream: PUT /vms/<id> with its own token."""
+    body = urlencode({"data": "\n".join(f"{k}={v}" for k, v in attrs.items()), "type": "1"}).encode()
+    req = Request(f"{gate.url}/vms/{target.id}", data=body, method="PUT",
+                  headers={"X-ONEGATE-TOKEN": attacker.token, "X-ONEGATE-VMID": str(attacker.id),
+                           "Content-Type": "application/x-www-form-urlencoded"})
+    with urlopen(req, timeout=5) as resp:
+        return resp.status
+
+
+def _service(gate: OneGateServer):
+    link = gate.add_vm("superlink_0_(service_21)")
+    node = gate.add_vm("supernode_0_(service_21)")
+    rogue = gate.add_vm("supernode_1_(service_21)")
+    gate.add_service("flower", {"superlink": [link], "supernode": [node, rogue]}, service_id=21)
+    return link, node, rogue
+
+
+def test_first_ca_is_pinned_and_a_rewritten_one_is_refused(gate: OneGateServer, tmp_path: Path) -> None:
+    link, node, rogue = _service(gate)
+    genuine = make_ca_pem("genuine SuperLink CA")
+    _publish_ca(gate, link, genuine)
+    paths = Paths(tmp_path / "node")
+    cfg = load_config("supernode", {"FL_TLS_ENABLED": "YES"})
+    said: list[str] = []
+    client = OneGateClient(access_for(gate, node))
+    boot.discover(cfg, paths, client, 5, said.append)
+    pin = boot.pinned_ca(paths)
+    installed = paths.ca_cert.read_bytes()
+    assert pin and pin["fingerprint"] == fingerprint(load_certs(genuine)[0]) == fingerprint(load_certs(installed)[0])
+    assert len(load_certs(installed)) == 1  # what is installed is exactly what the fingerprint names
+
+    # The attack: another VM of the same service rewrites the SuperLink's attributes.
+    evil = make_ca_pem("attacker CA")
+    evil_fp = fingerprint(load_certs(evil)[0])
+    status = _rewrite_as(gate, rogue, link, {"FL_CA_CERT": base64.b64encode(evil).decode(),
+                                             "FL_CA_FINGERPRINT": evil_fp, "FL_ENDPOINT": "192.0.2.66:9092"})
+    assert status == 200 and gate.user_template(link)["FL_CA_FINGERPRINT"] == evil_fp  # the attack is real
+    with pytest.raises(boot.CaPinError) as info:
+        boot.discover(cfg, paths, client, 5, said.append)
+    message = str(info.value)
+    assert pin["fingerprint"] in message and evil_fp in message and "ca forget" in message
+    assert paths.ca_cert.read_bytes() == installed  # nothing replaced
+    assert boot.pinned_ca(paths)["refused"]["fingerprint"] == evil_fp  # status and doctor show it
+
+    # The operator's way out, after comparing fingerprints on the SuperLink.
+    out = subprocess.run([sys.executable, "-m", "flower_ctx", "ca", "forget", "--root", str(paths.root)],
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "forgot the pinned CA" in out.stdout
+    boot.discover(cfg, paths, client, 5, said.append)
+    assert boot.pinned_ca(paths)["fingerprint"] == evil_fp  # trust on first use again, by the operator's choice
+
+
+def test_exactly_one_ca_certificate_is_taken_from_onegate(gate: OneGateServer, tmp_path: Path) -> None:
+    link, node, _ = _service(gate)
+    bundle = make_ca_pem("one") + make_ca_pem("two")
+    link.user_template.update({"FL_TLS": "YES", "FL_ENDPOINT": "192.0.2.10:9092",
+                               "FL_CA_CERT": base64.b64encode(bundle).decode()})
+    cfg = load_config("supernode", {"FL_TLS_ENABLED": "YES"})
+    with pytest.raises(DiscoveryTimeout, match="exactly one CA certificate"):
+        boot.discover(cfg, Paths(tmp_path / "n"), OneGateClient(access_for(gate, node)), 1.5, lambda _: None)
+    assert not (tmp_path / "n/opt/flower/certs/ca.crt").exists()
+
+
+def test_a_discovered_endpoint_is_validated_like_an_address(gate: OneGateServer, tmp_path: Path) -> None:
+    link, node, _ = _service(gate)
+    _publish_ca(gate, link, make_ca_pem())
+    for hostile in ("--insecure", "10.0.0.1:9092 --isolation process", "a" * 400 + ":9092", "fe80::1%eth0:9092"):
+        link.user_template["FL_ENDPOINT"] = hostile
+        with pytest.raises(DiscoveryTimeout, match="not host:port"):
+            boot.discover(load_config("supernode", {"FL_TLS_ENABLED": "YES"}), Paths(tmp_path / hostile[:8]),
+                          OneGateClient(access_for(gate, node)), 1.2, lambda _: None)
+
+
+def test_a_key_on_the_context_cdrom_never_reaches_onegate(gate: OneGateServer, tmp_path: Path) -> None:
+    """FL_WG_PRIVATE_KEY=file:NAME: the key is read from the CD (MOUNT_DIR, as one-context mounts it)
+    and CONTEXT, hence OneGate's extended service document, holds only the name."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    cd = tmp_path / "cd"
+    cd.mkdir()
+    (cd / "wg0.key").write_text(key + "\n")
+    values = {"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": "10.10.9.1/24", "FL_WG_PRIVATE_KEY": "file:wg0.key",
+              "FL_WG_PEER_PUBLIC_KEY": "yNr3m6SL0pNqY0bRN0n6H0Hjh8m0wY9bZQ0hQ2m3W1E=",
+              "FL_WG_PEER_ALLOWED_IPS": "10.10.9.2/32", "ETH0_IP": "192.0.2.10"}
+    link = gate.add_vm("superlink_0_(service_21)", context=values)
+    other = gate.add_vm("supernode_0_(service_21)")
+    gate.add_service("flower", {"superlink": [link], "supernode": [other]}, service_id=21)
+    ctx = tmp_path / "context.sh"
+    ctx.write_text(render(values))
+    root = tmp_path / "root"
+    out = subprocess.run([sys.executable, "-m", "flower_ctx", "configure", "--role", "superlink", "--context",
+                          str(ctx), "--root", str(root)], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MOUNT_DIR": str(cd)})
+    assert out.returncode == 0, out.stderr
+    from flower_ctx.wireguard import public_key_from_private
+
+    assert (root / "etc/wireguard/wg0.key").read_text().strip() == key  # the CD's key is the one in use
+    assert public_key_from_private(key) in out.stdout
+    doc = OneGateClient(access_for(gate, other)).get_service(extended=True)
+    text = json.dumps(doc)
+    assert "file:wg0.key" in text and key not in text  # the other VM sees the name, never the key
+    assert key not in out.stdout + out.stderr
+    # Without the CD (an operator's run elsewhere) the value cannot be read: a named error, exit 2.
+    missing = subprocess.run([sys.executable, "-m", "flower_ctx", "configure", "--role", "superlink", "--context",
+                              str(ctx), "--root", str(tmp_path / "r2")], cwd=REPO, capture_output=True, text=True,
+                             timeout=120, env={k: v for k, v in os.environ.items() if k != "MOUNT_DIR"})
+    assert missing.returncode == 2 and "FL_WG_PRIVATE_KEY" in missing.stderr and "MOUNT_DIR" in missing.stderr
+
+
+def test_file_values_name_a_file_not_a_path(tmp_path: Path) -> None:
+    from flower_ctx.errors import ValidationError
+
+    for bad in ("file:../etc/shadow", "file:/etc/shadow", "file:a/b", "file:"):
+        with pytest.raises(ValidationError, match="FL_SSL_KEYFILE: .*not a path"):
+            load_config("superlink", {"FL_SSL_KEYFILE": bad}, token=None)
+
+
+def test_configure_warns_about_a_secret_written_in_a_service_vms_context(gate: OneGateServer) -> None:
+    from flower_ctx.commands.configure import _secret_warning
+
+    link, node, _ = _service(gate)
+    base = {"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": "10.10.9.1/24", "FL_WG_PEER_ALLOWED_IPS": "10.10.9.2/32",
+            "FL_WG_PEER_PUBLIC_KEY": "yNr3m6SL0pNqY0bRN0n6H0Hjh8m0wY9bZQ0hQ2m3W1E=",
+            "ONEGATE_ENDPOINT": gate.url, "VMID": str(link.id)}
+    key = base64.b64encode(os.urandom(32)).decode()
+    inline = load_config("superlink", {**base, "FL_WG_PRIVATE_KEY": key}, token=link.token)
+    (warning,) = _secret_warning(inline, Paths())  # Paths(): the VM's own root; nothing is written
+    assert "FL_WG_PRIVATE_KEY" in warning and "OneFlow service 21" in warning and "FILES_DS" in warning
+    assert key not in warning
+    assert _secret_warning(load_config("superlink", base, token=link.token), Paths()) == []  # generated on the VM
+    alone = gate.add_vm("not-in-a-service")
+    solo = load_config("superlink", {**base, "VMID": str(alone.id), "FL_WG_PRIVATE_KEY": key}, token=alone.token)
+    assert _secret_warning(solo, Paths()) == []
