@@ -17,7 +17,7 @@ from . import cdrom
 from .errors import ValidationError
 from .model import Config, Nic, OneGateAccess, PkiMaterial, Role, Secret, WgConfig, WgPeer
 from .peers import parse_peer_sections
-from .values import MAX_VALUE_LEN, Invalid, ip_address, show
+from .values import MAX_VALUE_LEN, Invalid, ip_address, onegate_url_ok, show
 from .variables import BY_NAME, REGISTRY, Variable, all_names
 
 _NIC_RE = re.compile(r"ETH([0-9]+)_(IP|IP6)\Z")
@@ -309,7 +309,7 @@ def onegate_access(values: Mapping[str, str], token: str | None) -> OneGateAcces
 def _onegate(values: Mapping[str, str], token: str | None, c: _Collector) -> OneGateAccess:
     endpoint = values.get("ONEGATE_ENDPOINT") or None
     vmid = values.get("VMID") or None
-    if endpoint is not None and not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[!-~]*)?", endpoint):
+    if endpoint is not None and not onegate_url_ok(endpoint):
         c.err("ONEGATE_ENDPOINT", f"{show(endpoint)} is not an http(s) URL such as http://169.254.16.9:5030")
         endpoint = None
     if vmid is not None and not re.fullmatch(r"[0-9]{1,12}", vmid):

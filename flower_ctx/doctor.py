@@ -151,13 +151,39 @@ def _cert_checks(label: str, path: Path, now: datetime.datetime) -> Iterator[Che
         yield Check(label, PROBLEM, f"missing: {path}", "run flower-ctx configure")
         return
     if info.problem:
-        yield Check(label, PROBLEM, f"{path} is {info.problem}",
+        problem = info.problem if info.problem.startswith(("is ", "unreadable", "contains", "holds")) \
+            else f"is {info.problem}"
+        yield Check(label, PROBLEM, f"{path} {problem}",
                     "run flower-ctx configure to re-issue it (generated PKI) or provide a valid one")
     elif info.days_left is not None and info.days_left < EXPIRY_WARN_DAYS:
         yield Check(label, WARNING, f"{path} expires in {info.days_left} days ({info.not_after})",
                     "run flower-ctx configure (re-issues generated certificates within 30 days of expiry)")
     else:
         yield Check(label, OK, f"{info.fingerprint}, valid until {info.not_after}")
+
+
+def _server_key_check(paths: Paths) -> Iterator[Check]:
+    """The server key parses and belongs to the server certificate (Flower cannot start otherwise)."""
+    from . import pem
+    from .files import read_file
+
+    fix = "run flower-ctx configure (a generated key and certificate are made again as a pair)"
+    try:
+        key = pem.load_private_key(read_file(paths.server_key))
+    except FileNotFoundError:
+        yield Check("server key", PROBLEM, f"missing: {paths.server_key}", fix)
+        return
+    except (OSError, FlowerCtxError) as exc:
+        yield Check("server key", PROBLEM, f"{paths.server_key} {exc}", fix)
+        return
+    try:
+        cert = pem.load_certs(read_file(paths.server_cert))[0]
+    except (OSError, FlowerCtxError):
+        return  # the certificate's own check names it
+    if not pem.key_matches_cert(key, cert):
+        yield Check("server key", PROBLEM, f"{paths.server_key} is not the key of {paths.server_cert}", fix)
+    else:
+        yield Check("server key", OK, "matches the server certificate")
 
 
 def _superlink_tls(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
@@ -169,6 +195,7 @@ def _superlink_tls(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
         return
     yield from _cert_checks("ca", paths.ca_cert, now)
     yield from _cert_checks("server cert", paths.server_cert, now)
+    yield from _server_key_check(paths)
     info = cert_info(paths.server_cert, now)
     if info is not None and not info.problem:
         want = {f"IP:{target.host}"} | {str(s) for s in config.cert_extra_san}

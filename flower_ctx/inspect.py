@@ -75,6 +75,46 @@ def wg_status(paths: Paths) -> Any:
         return None
 
 
+def federation(paths: Paths, doc: dict[str, Any]) -> dict[str, Any]:
+    """The SuperLink's view through its Control API on loopback (as `flwr supernode ls` and `flwr ls`):
+    the SuperNodes registered and connected, their last heartbeat, and the runs."""
+    import time
+
+    from . import agentstate
+    from .admission.control import ControlClient, ControlError
+    from .admission.keys import from_pem
+    from .errors import FlowerCtxError
+    from .files import read_file
+
+    http = doc.get("http_api") or {}
+    try:
+        ca = read_file(paths.ca_cert) if (doc.get("tls") or {}).get("enabled") else None
+        control = ControlClient(str(http.get("host", "127.0.0.1")), int(http.get("port", 8000)), ca, timeout=3.0)
+        nodes, runs = control.list_nodes(), control.list_runs()
+    except (ControlError, OSError, FlowerCtxError, ValueError) as exc:
+        return {"error": str(exc)}
+    state = agentstate.read_or_none(paths, "admission.json") or {}
+    from_list = set(state.get("ours", []))
+    from_onegate = {" ".join(s.split()[:2]) for s in state.get("onegate", [])}
+    now = time.time()
+    listed = []
+    for n in sorted(nodes, key=lambda n: (n.status, n.name, n.node_id)):
+        try:
+            line = from_pem(n.public_key_pem).line
+        except FlowerCtxError:
+            line = ""
+        by = "onegate" if line in from_onegate else "flower-ctx" if line in from_list else "by hand"
+        beat = n.last_heartbeat
+        listed.append({"node_id": n.node_id, "name": n.name, "status": n.status, "admitted": by,
+                       "last_heartbeat_age": round(now - beat, 1) if beat else None})
+    return {
+        "supernodes": listed,
+        "connected": sum(1 for n in nodes if n.status == "online"),
+        "runs": [{"run_id": r.run_id, "app": r.app, "status": r.status, "pending_at": r.pending_at,
+                  "finished_at": r.finished_at} for r in runs[-10:]],
+    }
+
+
 def facts(paths: Paths, role: str) -> dict[str, Any]:
     """Everything status shows, as plain JSON-able data."""
     from .supervisor import for_machine
@@ -92,6 +132,9 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
     }
     if role == "superlink":
         out["fleet_api_address"] = doc.get("fleet_api_address")
+        out["supernode_auth"] = bool(doc.get("supernode_auth"))
+        if state.running:
+            out["federation"] = federation(paths, doc)
     else:
         out["superlink_address"] = doc.get("superlink_address")
         disc = agentstate.read_or_none(paths, "discovered.json")

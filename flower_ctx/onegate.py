@@ -211,7 +211,9 @@ class OneGateClient:
         if not _VMID_RE.match(access.vmid.strip()):
             raise OneGateNotConfigured(f"OneGate is not available: VMID {access.vmid!r} is not a number")
         self.endpoint = access.endpoint.strip().rstrip("/")
-        if not re.match(r"^https?://[^/\s]+", self.endpoint):
+        from .values import onegate_url_ok
+
+        if not onegate_url_ok(self.endpoint):
             raise OneGateNotConfigured(
                 f"OneGate is not available: ONEGATE_ENDPOINT {self.endpoint!r} is not an http(s):// URL"
             )
@@ -373,7 +375,8 @@ class OneGateClient:
         port = parts.port or (443 if https else 80)
         prefix = parts.path.rstrip("/")
         sock = _connect(host, port, end)
-        conn = None
+        conn = resp = None
+        body = bytearray()
         try:
             if https:
                 import ssl
@@ -394,7 +397,6 @@ class OneGateClient:
                     f"OneGate answered with {declared.strip()[:20]} bytes, more than the {MAX_ANSWER_BYTES} "
                     "an answer may have: OneGate unusable"
                 )
-            body = bytearray()
             while True:
                 chunk = resp.read(min(65536, MAX_ANSWER_BYTES + 1 - len(body)))
                 if not chunk:
@@ -406,6 +408,10 @@ class OneGateClient:
                     )
             return resp.status, body.decode("utf-8", "replace")
         finally:
+            # An error kept by the caller keeps this frame: nothing in it may hold the socket or the body.
+            body.clear()
+            if resp is not None:
+                resp.close()
             if conn is not None:
                 conn.close()
             sock.close()

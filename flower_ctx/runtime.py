@@ -207,6 +207,8 @@ def read(paths: Paths, role: str) -> dict[str, Any] | None:
         raise RuntimeConfigError(f"{path}: permission denied (it is 0640 root:flower; run as root or flower)")
     except OSError as exc:
         raise RuntimeConfigError(f"{path}: cannot read it ({exc.strerror or exc})")
+    except FlowerCtxError as exc:  # a link, a FIFO, a file far too large: not what configure writes
+        raise RuntimeConfigError(f"{exc}: {fix}") from None
     try:
         doc = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):

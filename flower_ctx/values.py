@@ -283,7 +283,7 @@ def wg_key(value: str) -> str:
 
 
 def flower_version(value: str) -> tuple[int, int, int]:
-    m = re.fullmatch(r"([0-9]+)\.([0-9]+)\.([0-9]+)", value)
+    m = re.fullmatch(r"([0-9]{1,6})\.([0-9]{1,6})\.([0-9]{1,6})", value)
     if not m:
         raise Invalid(f"must be a release X.Y.Z such as 1.39.0, got {show(value)}")
     v = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
@@ -340,13 +340,31 @@ def node_config(value: str) -> tuple[tuple[str, str], ...]:
     if len(pairs) > MAX_LIST:
         raise Invalid(f"has more than {MAX_LIST} pairs")
     try:
-        _toml_loads("\n".join(f"{k} = {v}" for k, v in pairs))
+        doc = _toml_loads("\n".join(f"{k} = {v}" for k, v in pairs))
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError
         raise Invalid(
             f"Flower cannot read it as key=value pairs ({exc}): values must be numbers, true/false "
             'or quoted strings, e.g. partition-id=0 lr=0.1 name="site b"'
         ) from None
+    bad = _untyped(doc)
+    if bad:
+        # Flower's flatten_dict takes only int, float, bool, str and tables of them (arrays, dates refused).
+        raise Invalid(f"{bad}: Flower takes only numbers, true/false and quoted strings as values (no arrays or "
+                      "dates)")
     return tuple(pairs)
+
+
+def _untyped(doc: dict, prefix: str = "") -> str | None:
+    """The first key whose value Flower's node config cannot hold, or None."""
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            found = _untyped(value, name + ".")
+            if found:
+                return found
+        elif not isinstance(value, (bool, int, float, str)):
+            return name
+    return None
 
 
 def relative_path(value: str) -> str:
@@ -361,5 +379,19 @@ def relative_path(value: str) -> str:
         raise Invalid(f"{show(value)} must be a file path like state/state.db (no empty or '.' parts)")
     if len(parts) < 2 or parts[0] != "state":
         # Only state/ is writable by the sandboxed SuperLink unit, and only it may be made 0700 flower.
-        raise Invalid(f"{show(value)} must be inside state/ (e.g. state/{parts[-1]})")
+        raise Invalid(f"{show(value)} must be inside state/ (e.g. state/" + show(parts[-1]).strip("'") + ")")
     return value
+
+
+def onegate_url_ok(url: str) -> bool:
+    """``http(s)://host[:port][/path]`` with a host and a port from 1 to 65535, in plain ASCII."""
+    from urllib.parse import urlsplit
+
+    if len(url) > 2048 or not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[!-~]*)?", url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a port out of range, unbalanced brackets
+        return False
+    return bool(parts.hostname) and (port is None or 1 <= port <= 65535)

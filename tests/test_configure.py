@@ -64,7 +64,8 @@ def test_json_output(stage: Path) -> None:
     out = configure("--role", "superlink", "--context", str(EXAMPLE), "--root", str(stage), "--json")
     doc = json.loads(out.stdout)
     assert doc["changed"] is True
-    assert [s["name"] for s in doc["steps"]] == ["identity", "flower", "tls", "node key", "wireguard", "runtime"]
+    assert [s["name"] for s in doc["steps"]] == [
+        "identity", "flower", "tls", "node key", "wireguard", "firewall", "runtime"]
     assert doc["steps"][2]["facts"]["ca_fingerprint"].startswith("sha256:")
 
 

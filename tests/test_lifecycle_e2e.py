@@ -128,6 +128,10 @@ def test_superlink_and_two_supernodes_boot_from_context(zone: tuple[Rig, OneGate
 
     status = flower_ctx(vms["node1"], "status")
     assert "READY=YES" in status and f"{vms['link'].eth0_ip}:9092" in status
+    # The SuperLink lists its SuperNodes through its Control API: admitted from OneGate, connected.
+    link_status = flower_ctx(vms["link"], "status")
+    assert "2 connected of 2 registered (SuperNode authentication on)" in link_status, link_status
+    assert link_status.count("admitted onegate") == 2 and "heartbeat never" not in link_status
     doctor = flower_ctx(vms["node1"], "doctor")
     assert "problem" not in doctor.split("\n")[0] and "ok       superlink" in doctor, doctor
     assert_no_token(*outputs, status, doctor, link_log.read_text(errors="replace"))

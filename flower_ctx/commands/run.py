@@ -114,19 +114,61 @@ def flower_argv(doc: dict[str, Any]) -> list[str]:
 
 
 def check_files(doc: dict[str, Any]) -> None:
-    """Fail with the path named instead of Flower's traceback when TLS material or state is missing."""
+    """Fail with the file named instead of Flower's traceback when TLS material or state is missing
+    or damaged: each certificate parses, each key parses and the server key matches its certificate."""
     tls = doc.get("tls") or {}
-    problems = [f"{key} {tls[key]}: missing or unreadable"
-                for key in ("ca_certfile", "certfile", "keyfile")
-                if tls.get("enabled") and tls.get(key) and not os.access(tls[key], os.R_OK)]
-    if doc.get("node_key") and not os.access(doc["node_key"], os.R_OK):
-        problems.append(f"node_key {doc['node_key']}: missing or unreadable (run `flower-ctx configure`)")
+    problems: list[str] = []
+    loaded: dict[str, Any] = {}
+    for key in ("ca_certfile", "certfile", "keyfile"):
+        if tls.get("enabled") and tls.get(key):
+            loaded[key] = _load_tls_file(key, tls[key], problems)
+    cert, private = loaded.get("certfile"), loaded.get("keyfile")
+    if cert is not None and private is not None:
+        from ..pem import key_matches_cert
+
+        if not key_matches_cert(private, cert):
+            problems.append(f"keyfile {tls['keyfile']}: not the key of {tls['certfile']} (run `flower-ctx configure`)")
+    if doc.get("node_key"):
+        _load_node_key(doc["node_key"], problems)
     if doc["role"] == "superlink":
         db_dir = Path(doc["database"]).parent
         if not db_dir.is_dir():
             problems.append(f"database directory {db_dir}: missing (run `flower-ctx configure`)")
     if problems:
         raise RunError("cannot start Flower: " + "; ".join(problems))
+
+
+def _load_tls_file(key: str, path: str, problems: list[str]) -> Any:
+    """The first certificate or the private key in ``path``; None (and a problem) when unusable."""
+    from .. import pem
+    from ..files import read_file
+
+    fix = "run `flower-ctx configure`"
+    try:
+        data = read_file(path)
+    except FileNotFoundError:
+        problems.append(f"{key} {path}: missing ({fix})")
+        return None
+    except (OSError, FlowerCtxError) as exc:
+        problems.append(f"{key} {path}: unreadable ({exc})")
+        return None
+    try:
+        return pem.load_private_key(data) if key == "keyfile" else pem.load_certs(data)[0]
+    except pem.PemError as exc:
+        problems.append(f"{key} {path} {exc} ({fix})")
+        return None
+
+
+def _load_node_key(path: str, problems: list[str]) -> None:
+    from ..admission.keys import public_of
+    from ..files import read_file
+
+    try:
+        public_of(read_file(path))
+    except FileNotFoundError:
+        problems.append(f"node_key {path}: missing (run `flower-ctx configure`)")
+    except (OSError, FlowerCtxError) as exc:
+        problems.append(f"node_key {path}: {exc} (run `flower-ctx configure`)")
 
 
 def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, str]:

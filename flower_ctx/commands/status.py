@@ -31,6 +31,20 @@ def render(f: dict[str, Any]) -> list[str]:
         rows.append(("fleet api", str(f.get("fleet_api_address"))))
     else:
         rows.append(("superlink", str(f.get("superlink_address") or "not known yet (OneGate discovery)")))
+    fed = f.get("federation")
+    if fed is not None:
+        if "error" in fed:
+            rows.append(("supernodes", f"unknown ({fed['error']})"))
+        else:
+            registered = [n for n in fed["supernodes"] if n["status"] != "unregistered"]
+            rows.append(("supernodes", f"{fed['connected']} connected of {len(registered)} registered "
+                                       f"(SuperNode authentication {'on' if f.get('supernode_auth') else 'off'})"))
+            for n in fed["supernodes"]:
+                beat = _age(n["last_heartbeat_age"]) if n["status"] == "online" else n["status"]
+                rows.append(("supernode", f"{n['name'] or '-'} {n['node_id']} {n['status']}, heartbeat {beat}, "
+                                          f"admitted {n['admitted']}"))
+            for r in fed["runs"]:
+                rows.append(("run", f"{r['run_id']} {r['app']} {r['status']}"))
     ka = f.get("keepalive") or {}
     if ka:
         rows.append(("keepalive", f"ping every {ka.get('time_s')}s, dead after {ka.get('timeout_s')}s without ACK"))
@@ -40,7 +54,8 @@ def render(f: dict[str, Any]) -> list[str]:
     for key, label in (("ca", "ca"), ("server", "server cert")):
         info = tls.get(key)
         if info:
-            text = f"{info['fingerprint']} expires {info['not_after']}" if not info["problem"] else info["problem"]
+            text = (f"{info['fingerprint']} expires {info['not_after']}" if not info["problem"]
+                    else f"{info['path']}: {info['problem']}")
             rows.append((label, text))
             if key == "server" and info["sans"]:
                 rows.append(("server sans", ",".join(info["sans"])))
