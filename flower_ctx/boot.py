@@ -150,12 +150,22 @@ def attributes(config: Config, paths: Paths) -> dict[str, str]:
             ca = read_file(paths.ca_cert) if config.tls_enabled else None
         except (OSError, FlowerCtxError):
             raise FlowerCtxError(f"no CA at {paths.ca_cert}: run flower-ctx configure --role superlink") from None
-        return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc))
+        return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc),
+                               cert_expires=_cert_expires(paths) if config.tls_enabled else None)
     from .admission import node_public_key
 
     node_key = node_public_key(paths) if config.tls_enabled else None
     return supernode_attrs(config, superlink=runtime_target(doc), wg_public_key=wg_pub,
                            node_public_key=node_key.line if node_key else None)
+
+
+def _cert_expires(paths: Paths) -> str | None:
+    from .inspect import cert_info
+
+    info = cert_info(paths.server_cert)
+    if info is None or info.problem or not info.not_after_iso:
+        return None
+    return info.not_after_iso
 
 
 def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:

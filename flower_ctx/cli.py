@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "configure": ("flower_ctx.commands.configure", "Validate CONTEXT and make this VM match it."),
     "bootstrap": ("flower_ctx.commands.bootstrap", "Start Flower, wait for health, report to OneGate."),
     "run": ("flower_ctx.commands.run", "Run a Flower role in this process with the agent's keepalive."),
+    "renew": ("flower_ctx.commands.renew", "Renew the SuperLink's server certificate when due (the daily timer)."),
     "watch": ("flower_ctx.commands.watch", "Keep this VM's readiness in OneGate current (the watch unit)."),
     "status": ("flower_ctx.commands.status", "Show what this VM is and whether it is ready."),
     "doctor": ("flower_ctx.commands.doctor", "Diagnose TLS, tunnel, keepalive and OneGate problems."),

@@ -29,6 +29,7 @@ class CertInfo:
     subject: str = ""
     fingerprint: str = ""
     not_after: str = ""
+    not_after_iso: str = ""  # 2027-11-28T20:53:00Z
     days_left: int | None = None
     sans: list[str] = field(default_factory=list)
     problem: str | None = None
@@ -58,6 +59,7 @@ def cert_info(path: Any, now: datetime.datetime | None = None) -> CertInfo | Non
         subject=cert.subject.rfc4514_string(),
         fingerprint=pem.fingerprint(cert),
         not_after=cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        not_after_iso=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         days_left=days,
         sans=pem.san_entries(cert),
         problem=pem.validity_problem(cert, now),

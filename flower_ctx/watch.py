@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 3.0
 DISCOVERY_S = 10.0  # per check: the watch never blocks long, the next check tries again
 RESTART_S = 10.0  # built-in supervisor: an ended Flower is started again at most this often
 RECHECK_S = 60.0  # SuperNode: how often what the SuperLink publishes in OneGate is looked at again
+RENEW_S = 6 * 3600.0  # SuperLink without systemd: how often the watch does the renewal timer's job
 ADMIT_ONEGATE_S = 10.0  # SuperLink: how often the keys published in OneGate are read again
 FAILED_CONFIGURE = "configure-failed.json"
 
@@ -78,6 +79,7 @@ class Watch:
         self._admitted_from_onegate = float("-inf")
         self._restarted = float("-inf")
         self._rechecked = float("-inf")
+        self._renewed = time.monotonic()  # configure has just checked
 
     def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
         """One check from the CONTEXT as it is now."""
@@ -129,6 +131,9 @@ class Watch:
             self._looking = False
             if config.role is Role.SUPERLINK:
                 self._admit(config)
+                if sup.manager == "builtin" and time.monotonic() - self._renewed >= RENEW_S:
+                    self._renewed = time.monotonic()
+                    self._renew(config)
         return health, config, config.onegate
 
     def _recheck_publication(self, config: Config) -> None:
@@ -168,6 +173,20 @@ class Watch:
             agentstate.record_discovery(self.paths, found.endpoint, found.tls, found.ca_fingerprint, found.vm_id)
             runtime.apply(config, self.paths, superlink_address=found.endpoint)
         self.say(f"the SuperLink moved to {found.endpoint} (it proves the pinned CA); Flower follows")
+
+    def _renew(self, config: Config) -> None:
+        """The daily renewal where no systemd timer runs it (the built-in supervisor's stand-in)."""
+        from . import tls
+
+        try:
+            with machine_lock(self.paths, wait=False):
+                result = tls.apply(config, self.paths)
+        except FlowerCtxError as exc:
+            self.say(f"renewal check failed: {exc}")
+            return
+        for c in result.changes:
+            if c.pending:
+                self.say(f"renewed {c.what} ({c.detail})")
 
     def _admit(self, config: Config) -> None:
         """Admission follows the CONTEXT at every check (a removed key is locked out within one

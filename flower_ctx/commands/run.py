@@ -227,6 +227,11 @@ def run_role(role: str, paths: Paths) -> Any:
     _quiet_foreign_logs(doc.get("log_level", "INFO"))
     prepare_environment(doc)
     install_keepalive(doc)
+    tls = doc.get("tls") or {}
+    if doc["role"] == "superlink" and tls.get("enabled"):
+        from .. import certreload
+
+        certreload.install(tls["certfile"], tls["keyfile"])  # a renewed certificate without a restart
     entry = load_entry_point(argv[0])
     log.info("starting %s", " ".join(argv))  # paths only: no secret is ever on this command line
     sys.argv = argv
