@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "renew": ("flower_ctx.commands.renew", "Renew the SuperLink's server certificate when due (the daily timer)."),
     "watch": ("flower_ctx.commands.watch", "Keep this VM's readiness in OneGate current (the watch unit)."),
     "status": ("flower_ctx.commands.status", "Show what this VM is and whether it is ready."),
+    "metrics": ("flower_ctx.commands.metrics", "Print this VM's metrics for Prometheus (the watch writes them too)."),
     "doctor": ("flower_ctx.commands.doctor", "Diagnose TLS, tunnel, keepalive and OneGate problems."),
     "ca": ("flower_ctx.commands.ca", "Export the CA for other zones; forget a CA pinned from OneGate."),
     "wg": ("flower_ctx.commands.wg", "WireGuard helpers (key generation, the hub's [Peer] of this VM)."),

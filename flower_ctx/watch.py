@@ -80,6 +80,7 @@ class Watch:
         self._restarted = float("-inf")
         self._rechecked = float("-inf")
         self._renewed = time.monotonic()  # configure has just checked
+        self._metrics_at = float("-inf")
 
     def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
         """One check from the CONTEXT as it is now."""
@@ -203,11 +204,31 @@ class Watch:
                 self.say(line)
 
     def tick(self) -> None:
-        """Check, and publish when the answer changed or a resync is due."""
+        """Check, publish when the answer changed or a resync is due, refresh the metrics file."""
         try:
             health, config, access = self.check_once()
         except FlowerCtxError as exc:  # a damaged file, a busy lock: report, try again next time
             health, config, access = Health(False, str(exc)), None, None
+        try:
+            self._publish(health, config, access)
+        finally:
+            self._metrics(health)
+
+    def _metrics(self, health: Health) -> None:
+        """node_exporter's textfile collector file, every metrics.EVERY_S seconds."""
+        from . import __version__, metrics
+        from .inspect import facts
+
+        if time.monotonic() - self._metrics_at < metrics.EVERY_S:
+            return
+        self._metrics_at = time.monotonic()
+        try:
+            metrics.write(self.paths, metrics.render(facts(self.paths, self.role), ready=health.ok,
+                                                     agent_version=__version__))
+        except FlowerCtxError as exc:
+            log.warning("metrics file not written: %s", exc)
+
+    def _publish(self, health: Health, config: Config | None, access: OneGateAccess | None) -> None:
         key = (health.ok, health.detail)
         now = time.monotonic()
         if key == self._last and now - self._synced < RESYNC_S:
