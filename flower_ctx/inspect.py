@@ -35,6 +35,18 @@ class CertInfo:
     problem: str | None = None
 
 
+def bundle_fingerprints(path: Any) -> list[str]:
+    """Fingerprints of every certificate of a CA file (a trust bundle during a rotation)."""
+    from . import pem
+    from .errors import FlowerCtxError
+    from .files import read_file
+
+    try:
+        return [pem.fingerprint(c) for c in pem.load_certs(read_file(path))]
+    except (OSError, FlowerCtxError):
+        return []
+
+
 def cert_info(path: Any, now: datetime.datetime | None = None) -> CertInfo | None:
     from . import pem
     from .errors import FlowerCtxError
@@ -95,6 +107,9 @@ def federation(paths: Paths, doc: dict[str, Any]) -> dict[str, Any]:
         nodes, runs = control.list_nodes(), control.list_runs()
     except (ControlError, OSError, FlowerCtxError, ValueError) as exc:
         return {"error": str(exc)}
+    from . import trust
+
+    report = trust.read_report(paths)
     state = agentstate.read_or_none(paths, "admission.json") or {}
     from_list = set(state.get("ours", []))
     from_onegate = {" ".join(s.split()[:2]) for s in state.get("onegate", [])}
@@ -107,8 +122,10 @@ def federation(paths: Paths, doc: dict[str, Any]) -> dict[str, Any]:
             line = ""
         by = "onegate" if line in from_onegate else "flower-ctx" if line in from_list else "by hand"
         beat = n.last_heartbeat
+        announced = report.get(trust.key_id(n.public_key_pem)) or {}
         listed.append({"node_id": n.node_id, "name": n.name, "status": n.status, "admitted": by,
-                       "last_heartbeat_age": round(now - beat, 1) if beat else None})
+                       "last_heartbeat_age": round(now - beat, 1) if beat else None,
+                       "trusts": announced.get("trust", [])})
     return {
         "supernodes": listed,
         "connected": sum(1 for n in nodes if n.status == "online"),
@@ -133,7 +150,10 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
         "tls": {"enabled": bool((doc.get("tls") or {}).get("enabled"))},
     }
     if role == "superlink":
+        from . import rotation
+
         out["fleet_api_address"] = doc.get("fleet_api_address")
+        out["tls"]["rotation"] = rotation.state(paths)
         out["supernode_auth"] = bool(doc.get("supernode_auth"))
         if state.running:
             out["federation"] = federation(paths, doc)
@@ -148,6 +168,7 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
     ca = cert_info(paths.ca_cert)
     if ca is not None:
         out["tls"]["ca"] = ca.__dict__
+        out["tls"]["trust_bundle"] = bundle_fingerprints(paths.ca_cert)
     if role == "superlink":
         server = cert_info(paths.server_cert)
         if server is not None:

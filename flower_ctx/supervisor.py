@@ -82,7 +82,11 @@ def fingerprint_inputs(paths: Paths, role: str) -> str:
     h = hashlib.sha256()
     if role.startswith(WATCH_PREFIX):
         return h.hexdigest()
-    for p in (paths.runtime_config(role), paths.ca_cert, paths.node_key):
+    # A SuperLink uses its CA file for nothing a connection needs (no client certificates): a
+    # rotation's new bundle needs no restart there. A SuperNode's channel trusts it: it does.
+    watched = (paths.runtime_config(role), paths.node_key) if role == "superlink" else \
+        (paths.runtime_config(role), paths.ca_cert, paths.node_key)
+    for p in watched:
         try:
             h.update(read_file(p))
         except (OSError, FlowerCtxError):

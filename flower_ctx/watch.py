@@ -157,10 +157,11 @@ class Watch:
             return  # nothing usable published right now: what is installed stays
         if from_onegate_ca:
             try:
-                pin_check(self.paths, found.ca_fingerprint, found.vm_id)
+                trusted = pin_check(self.paths, found.ca_pem, found.ca_fingerprint, found.vm_id)
             except CaPinError as exc:
                 self.say(f"refused: {exc}")
                 return
+            self._take_bundle(config, trusted)
         current = runtime_target(runtime_doc(self.paths, config.role.value))
         if config.superlink_address is not None or current is None or found.endpoint == current:
             return
@@ -188,6 +189,25 @@ class Watch:
         for c in result.changes:
             if c.pending:
                 self.say(f"renewed {c.what} ({c.detail})")
+
+    def _take_bundle(self, config: Config, trusted: bytes | None) -> None:
+        """A CA rotation on the SuperLink: its new trust bundle (holding the pinned CA) is installed and
+        Flower restarted to trust it (its gRPC channel's roots are fixed at start)."""
+        from . import tls
+        from .files import read_file
+        from .supervisor import for_machine
+
+        try:
+            if trusted is None or read_file(self.paths.ca_cert) == trusted:
+                return
+        except (OSError, FlowerCtxError):
+            pass
+        with machine_lock(self.paths, wait=False):
+            tls.install_trusted_ca(trusted, self.paths)
+            sup = for_machine(self.paths)
+            if sup.state(self.role).running:
+                self.say(f"the SuperLink's CA bundle changed (rotation): flower-{self.role} "
+                         f"{sup.ensure_running(self.role)} to trust it")
 
     def _admit(self, config: Config) -> None:
         """Admission follows the CONTEXT at every check (a removed key is locked out within one

@@ -201,9 +201,30 @@ def install_keepalive(doc: dict[str, Any]) -> str:
 
     ka = doc["keepalive"]
     t, timeout = int(ka["time_s"]), int(ka["timeout_s"])
-    layer = grpc_patch.install(keepalive.client_options(t, timeout), keepalive.server_options(t, timeout))
+    client, interceptors = keepalive.client_options(t, timeout), []
+    tls = doc.get("tls") or {}
+    if tls.get("enabled"):
+        from .. import trust
+
+        if doc["role"] == "supernode":
+            client = [*client, ("grpc.primary_user_agent", _trust_agent(tls["ca_certfile"]))]
+        else:
+            interceptors.append(trust.interceptor(Path(doc["state_dir"]) / trust.REPORT))
+    layer = grpc_patch.install(client, keepalive.server_options(t, timeout), server_interceptors=interceptors)
     log.info("gRPC keepalive %ss/%ss installed on the %s layer (self-test passed)", t, timeout, layer)
     return layer
+
+
+def _trust_agent(ca_file: str) -> str:
+    """The user agent that tells the SuperLink which CAs this SuperNode trusts (a CA rotation waits
+    for it); empty when the file cannot be read (check_files names that)."""
+    from .. import trust
+    from ..files import read_file
+
+    try:
+        return trust.user_agent(read_file(ca_file))
+    except (OSError, FlowerCtxError):
+        return ""
 
 
 def _quiet_foreign_logs(level: str) -> None:
