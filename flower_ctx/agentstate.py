@@ -64,6 +64,11 @@ SHAPES: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
         "ours": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
         "onegate": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
     },
+    "app-dependencies.json": {
+        "installed": (True, _str_list),  # canonical names FL_APP_DEPENDENCIES installed (may be changed later)
+        "failed": (False, _str_or_none),  # why the last attempt failed, or None
+        "time": (False, _int),
+    },
     "identity.json": {
         "vmid": (True, _str_or_none),
         "name": (True, lambda v: isinstance(v, str) and len(v) < 256),

@@ -149,6 +149,8 @@ def resolve(
         nics=nics,
         onegate=onegate,
         **trust,
+        app_dependencies=typed["FL_APP_DEPENDENCIES"] or (),
+        runtime_dependency_install=typed["FL_RUNTIME_DEPENDENCY_INSTALL"],
         warnings=tuple(c.warnings),
         ignored=ignored,
         inline_secrets=tuple(inline_secrets),
@@ -208,7 +210,8 @@ def _trust_rules(
                 c.err(given["FL_SUPERLINK_ADDRESS"], f"{target} is {what} and FL_TLS_ENABLED=NO: models would cross "
                       f"it unencrypted; {fix}")
     if role is not Role.SUPERLINK:
-        return {"allow_insecure": bool(insecure_ok)}
+        # Without TLS the SuperNode presents no key (Flower needs TLS for it): nothing to warn about.
+        return {"allow_insecure": bool(insecure_ok), "supernode_auth": bool(typed["FL_SUPERNODE_AUTH"]) and tls}
     auth = bool(typed["FL_SUPERNODE_AUTH"])
     if auth and not tls:
         if "FL_SUPERNODE_AUTH" in explicit:

@@ -9,6 +9,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_GRPC_KEEPALIVE_TIME' 'configure' 'Seconds between gRPC keepalive pings on the Fleet API connection; keeps NAT and firewall state alive.' 'O|number'
     'ONEAPP_FL_GRPC_KEEPALIVE_TIMEOUT' 'configure' 'Seconds to wait for a ping acknowledgement before the connection is declared dead; below the interval.' 'O|number'
     'ONEAPP_FL_SSL_CA_CERTFILE' 'configure' 'Base64 of a PEM CA certificate. SuperLink: with FL_SSL_CERTFILE and FL_SSL_KEYFILE, your own PKI (all three or none). SuperNode: the CA to trust (mandatory across zones with TLS).' 'O|text64'
+    'ONEAPP_FL_SUPERNODE_AUTH' 'configure' 'SuperLink: only admitted SuperNodes may join (Flowers SuperNode authentication: each proves its key). SuperNode: YES presents this VMs key, which the SuperLink must admit; NO lets Flower register a throwaway key itself, which only a SuperLink with FL_SUPERNODE_AUTH=NO accepts. Needs TLS.' 'O|boolean'
     'ONEAPP_FL_ALLOW_INSECURE' 'configure' 'Accept FL_TLS_ENABLED=NO on a SuperLink with a public address or towards a SuperLink address that is not private (otherwise refused).' 'O|boolean'
     'ONEAPP_FL_SUPERLINK_ADDRESS' 'configure' 'SuperLink Fleet API as host:port or [v6]:port. Empty: discovered through OneGate (same OneFlow service only); mandatory across zones.' 'O|text'
     'ONEAPP_FL_NODE_CONFIG' 'configure' 'Flower node config: key=value pairs separated by spaces (e.g. partition-id=0 num-partitions=2).' 'O|text'
@@ -25,4 +26,6 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_WG_PEER_ALLOWED_IPS' 'configure' 'That peers allowed IPs, comma-separated networks.' 'O|text'
     'ONEAPP_FL_WG_PERSISTENT_KEEPALIVE' 'configure' 'Seconds between WireGuard keepalives for peers that do not set PersistentKeepalive; 0 = off.' 'O|number'
     'ONEAPP_FL_WG_FORWARD' 'configure' 'Enable IPv4 forwarding (a hub or site gateway between sites).' 'O|boolean'
+    'ONEAPP_FL_APP_DEPENDENCIES' 'configure' 'Python packages the Flower apps need, as exact pins (numpy==1.26.4,pandas==2.2.2; at most 32). configure installs them into the agents virtualenv as wheels only, never changing a package Flower runs on; on failure it warns and Flower runs without them.' 'O|text'
+    'ONEAPP_FL_RUNTIME_DEPENDENCY_INSTALL' 'configure' 'Let Flower install each submitted apps own dependencies (uv sync from the package index, into a per-run environment). Whoever can submit a run then chooses what is downloaded here.' 'O|boolean'
 )

@@ -34,7 +34,7 @@ def _steps() -> list[tuple[str, Step]]:
 
     Imported here, not at module level, so `configure --help` stays light.
     """
-    from .. import admission, agentstate, firewall, flowerversion, runtime, tls, wireguard
+    from .. import admission, agentstate, apps, firewall, flowerversion, runtime, tls, wireguard
     from ..model import Role
 
     def runtime_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
@@ -46,6 +46,7 @@ def _steps() -> list[tuple[str, Step]]:
 
     return [
         ("flower", flowerversion.apply),
+        ("app dependencies", apps.apply),
         ("tls", tls.apply),
         ("node key", admission.ensure_node_key),
         ("wireguard", wireguard.apply),

@@ -105,6 +105,8 @@ def flower_argv(doc: dict[str, Any]) -> list[str]:
             argv += ["--max-retries", str(doc["max_retries"])]
         if doc.get("max_wait_time"):
             argv += ["--max-wait-time", str(doc["max_wait_time"])]
+        if doc.get("runtime_dependency_install") is True:  # a SuperNode installs nothing unless asked
+            argv += ["--allow-runtime-dependency-installation"]
     argv += ["--host", str(http.get("host", "127.0.0.1"))]
     if http.get("port") is not None:
         argv += ["--port", str(http["port"])]
@@ -182,8 +184,10 @@ def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) 
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     # Flower's SuperLink would otherwise `uv sync` every app's dependencies from the internet at run
-    # time: an appliance runs apps with what its virtualenv provides.
-    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    # time: an appliance runs apps with what its virtualenv provides (FL_APP_DEPENDENCIES) unless the
+    # operator opted in with FL_RUNTIME_DEPENDENCY_INSTALL. Set, not defaulted: CONTEXT decides.
+    opt_in = doc.get("runtime_dependency_install") is True
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "0" if opt_in else "1"
     return env  # type: ignore[return-value]
 
 
