@@ -197,7 +197,8 @@ def load_entry_point(name: str) -> Any:
 
 
 def install_keepalive(doc: dict[str, Any]) -> str:
-    from .. import grpc_patch, keepalive
+    from ..runtime import grpc_keepalive as keepalive
+    from ..runtime import grpc_patch
 
     ka = doc["keepalive"]
     t, timeout = int(ka["time_s"]), int(ka["timeout_s"])

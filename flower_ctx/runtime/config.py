@@ -34,12 +34,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ApplyError, FlowerCtxError
-from .files import Outcome, ensure_dir, exists, is_dir, read_file, write_file
-from .model import Config, HostPort, Role
-from .paths import Paths
-from .plan import Change, StepResult
-from .values import show
+from ..errors import ApplyError, FlowerCtxError
+from ..files import Outcome, ensure_dir, exists, is_dir, read_file, write_file
+from ..model import Config, HostPort, Role
+from ..paths import Paths
+from ..plan import Change, StepResult
+from ..values import show
 
 SCHEMA = 1
 FLEET_API_ADDRESS = "0.0.0.0:9092"
@@ -116,7 +116,7 @@ def _int_ok(v: Any, lo: int, hi: int) -> bool:
 
 
 def _address_ok(v: Any) -> bool:
-    from .values import Invalid, host_port
+    from ..values import Invalid, host_port
 
     if not isinstance(v, str):
         return False
@@ -181,7 +181,7 @@ def problems(doc: Any, role: str) -> list[str]:
 
 
 def node_config_ok(text: str) -> bool:
-    from .values import Invalid, node_config
+    from ..values import Invalid, node_config
 
     if not text:
         return True
@@ -195,7 +195,7 @@ def node_config_ok(text: str) -> bool:
 def read(paths: Paths, role: str) -> dict[str, Any] | None:
     """The runtime configuration of ``role`` on this machine; None when configure has not written
     one. A damaged file raises RuntimeConfigError naming it (a re-run of configure rewrites it)."""
-    from .files import read_file
+    from ..files import read_file
 
     path = paths.runtime_config(role)
     fix = f"run `flower-ctx configure --role {role}` to rewrite it"
