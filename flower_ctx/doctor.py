@@ -289,6 +289,21 @@ def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
 
 def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
     t, to = config.keepalive_time, config.keepalive_timeout
+    from .flowerversion import installed_version
+    from .runtime.eras import HTTP, UnsupportedFlower, for_version
+
+    try:
+        era = for_version(installed_version())
+    except UnsupportedFlower:
+        era = None
+    if era is HTTP:
+        from .runtime.http_keepalive import heartbeat_interval
+
+        h = heartbeat_interval(t, to)
+        yield Check("keepalive", OK, f"HTTP Fleet API: TCP keepalive probe after {t}s idle, connection dropped "
+                    f"{t + to}s after the last answer or {to}s after unacknowledged data; heartbeat every {h}s "
+                    f"(the SuperLink marks a silent SuperNode offline after {2 * h}s)")
+        return
     tail = service_log_tail(paths, role)
     if b"too_many_pings" in tail or b"ENHANCE_YOUR_CALM" in tail:
         yield Check("keepalive", PROBLEM, "the SuperLink closed the connection with GOAWAY too_many_pings",
