@@ -107,19 +107,26 @@ def flwr_home(home: Path, address: str, ca: Path | None) -> Path:
 
 
 def flwr_run(python: str, home: Path, tmp: Path, *, rounds: int = 1, timeout: float = 240,
-             prefix: list[str] | None = None) -> str:
-    """`flwr run` of the era test app (a copy) against connection ``t``; its output. Raises on failure."""
+             prefix: list[str] | None = None, config: str = "", stream: bool = True) -> str:
+    """`flwr run` of the era test app (a copy) against connection ``t``; its output. Raises on failure.
+    ``stream=False`` returns once the run is submitted."""
     app = tmp / "erasapp"
     if not app.exists():
         shutil.copytree(APP, app)
-    argv = [*(prefix or []), str(bin_dir(python) / "flwr"), "run", str(app), "t", "--stream",
-            "--run-config", f"num-server-rounds={rounds}"]
+    argv = [*(prefix or []), str(bin_dir(python) / "flwr"), "run", str(app), "t",
+            *(["--stream"] if stream else []), "--run-config", f"num-server-rounds={rounds} {config}".strip()]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=str(tmp),
                          env=flower_env(python, FLWR_HOME=str(home)))
     text = out.stdout + out.stderr
-    ok = out.returncode == 0 and "ERASAPP final weights" in text
+    ok = out.returncode == 0 and ("ERASAPP final weights" in text if stream else "Successfully started run" in text)
     assert ok, f"flwr run failed ({out.returncode}):\n{text[-4000:]}"
     return text
+
+
+def run_ids(text: str) -> list[str]:
+    import re
+
+    return re.findall(r"Successfully started run (\d+)", text)
 
 
 def flwr(python: str, home: Path, *args: str, prefix: list[str] | None = None,
