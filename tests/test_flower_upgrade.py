@@ -130,7 +130,11 @@ def test_139_to_142_by_flower_version_and_reboot(tmp_path: Path, procs: list[Pro
     procs.append(back)
     assert back.popen is not None and back.popen.wait(60) == 1
     assert "upgraded by Flower 1.42" in back.text() and str(copy) in back.text(), back.text()
-    shutil.copy2(copy, db)  # the way back: the copy taken before the upgrade
+    # The way back: the copy taken before the upgrade; the WAL files belong to the upgraded database
+    # (left in place, SQLite would replay the 1.42 changes onto the copy).
+    shutil.copy2(copy, db)
+    for wal in (db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        wal.unlink(missing_ok=True)
     link = superlink(py139)
     wait_port("127.0.0.1", control)
     restored = _runs(control, pki.ca)

@@ -1,6 +1,7 @@
 """The SuperLink's state database across Flower releases (docs/flower-eras.md section 6).
 
-Flower migrates its SQLite database with Alembic every time it opens it (``command.upgrade(...,
+Flower keeps its SQLite database in WAL mode (``state.db-wal``, ``state.db-shm`` beside it) and
+migrates it with Alembic every time it opens it (``command.upgrade(...,
 "heads")``, flwr/supercore/state/alembic/utils.py), silently and one way: a database upgraded by 1.41
 or 1.42 cannot be opened by 1.39 or 1.40 ("Can't locate revision"). Before Flower starts on a
 database that it is about to upgrade, flower-ctx copies it (SQLite backup API, consistent) to
@@ -31,7 +32,7 @@ def revision(path: Path) -> str | None:
     if not path.is_file():
         return None
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        con = sqlite3.connect(str(path), timeout=5)  # read-write: a WAL left by a crash is then readable
     except sqlite3.Error:
         return None
     try:
@@ -65,7 +66,8 @@ def prepare(path: Path, installed: str) -> list[str]:
         return [f"state database {path} is at Alembic revision {current}, unknown to flower-ctx"]
     if CHAIN.index(current) > CHAIN.index(head):
         backups = sorted(path.parent.glob(f"{path.name}.before-flwr-*"))
-        hint = f" or restore the copy taken before the upgrade ({backups[-1]})" if backups else ""
+        hint = (f", or restore the copy taken before the upgrade: cp {backups[-1]} {path} and remove "
+                f"{path.name}-wal and {path.name}-shm (they belong to the upgraded database)") if backups else ""
         raise StateDbError(
             f"state database {path} was upgraded by Flower {RELEASE_OF.get(current, 'newer')} (revision {current}); "
             f"Flower {installed} cannot open it and Flower has no downgrade: set FLOWER_VERSION back to that "
@@ -73,7 +75,7 @@ def prepare(path: Path, installed: str) -> list[str]:
         )
     target = backup_path(path, installed)
     if not target.exists():
-        src = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        src = sqlite3.connect(str(path), timeout=30)  # the backup API includes what is still in the WAL
         try:
             dst = sqlite3.connect(str(target))
             try:
