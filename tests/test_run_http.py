@@ -73,6 +73,15 @@ def test_http_era_argv_has_no_grpc_flags_and_keeps_flower_on_loopback(tmp_path: 
         run_cmd.flower_argv(node, "1.42.0")
 
 
+def test_runtime_config_refuses_the_fleet_port_on_flowers_own_port(tmp_path: Path) -> None:
+    from flower_ctx.paths import Paths
+    from flower_ctx.runtime import RuntimeConfigError, read
+
+    _doc(tmp_path, "superlink", fleet_api_address="0.0.0.0:8000")
+    with pytest.raises(RuntimeConfigError, match="fleet_api_address: must not use the port"):
+        read(Paths(tmp_path / "superlink"), "superlink")
+
+
 def test_keepalive_numbers_map_to_socket_options_and_heartbeat() -> None:
     opts = {(level, opt): value for level, opt, value in http_keepalive.socket_options(60, 20)}
     assert opts == {(socket.SOL_SOCKET, socket.SO_KEEPALIVE): 1, (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE): 60,
@@ -221,6 +230,10 @@ def test_superlink_and_supernode_on_142_fleet_only_public_port_keepalive_and_a_r
     assert https_status("127.0.0.1", control, pki.ca, "GET", "/openapi.json") == 200
     assert https_status("127.0.0.1", fleet, pki.ca, "GET", "/health") == 200
     assert https_status("127.0.0.1", fleet, pki.ca, "POST", "/v1/fleet/pull-messages") == 401  # Flower's own check
+    # Readiness's SuperLink check (a verified TLS handshake on the Fleet address) holds on the HTTP listener.
+    from flower_ctx.probe import probe_tls
+
+    assert probe_tls("127.0.0.1", fleet, pki.ca.read_bytes()).ok
 
     # Both ends of the SuperNode's Fleet connection run the kernel keepalive timer.
     deadline = time.monotonic() + 15

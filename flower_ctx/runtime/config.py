@@ -12,11 +12,12 @@ common keys
   keepalive         {"time_s": int, "timeout_s": int}          FL_GRPC_KEEPALIVE_TIME / _TIMEOUT
   tls               {"enabled": bool, "ca_certfile": path|null, "certfile": path|null, "keyfile": path|null}
                     (SuperNode: only ca_certfile, the CA it trusts)
-  http_api          {"host": str, "port": int}   Flower's own HTTP API (Runtime/Control), loopback
+  http_api          {"host": str, "port": int}   Flower's own HTTP API (Control, Runtime; 1.40+ also Fleet), loopback
   health_server_address  "host:port" | null      Flower's optional gRPC health server
   wg_address        "10.10.9.66/26" | null        this VM's tunnel address (derived from a pool or given)
 superlink only
-  fleet_api_address "0.0.0.0:9092"               the Fleet API (gRPC), the only non-loopback listener
+  fleet_api_address "0.0.0.0:9092"               the Fleet API, the only non-loopback listener: Flower's gRPC
+                                                server (1.39) or flower-ctx's Fleet-only HTTP listener (1.40+)
   state_dir         path                          SuperLink state directory (0700 flower)
   supernode_auth    bool                          Flower's SuperNode authentication (--enable-supernode-auth)
   database          path                          SQLite database (FL_DATABASE under /opt/flower)
@@ -165,6 +166,10 @@ def problems(doc: Any, role: str) -> list[str]:
     need("health_server_address", hs is None or _address_ok(hs), "must be null or host:port")
     if role == "superlink":
         need("fleet_api_address", _address_ok(doc.get("fleet_api_address")), "must be host:port")
+        if _address_ok(doc.get("fleet_api_address")) and isinstance(http, dict):
+            port = str(doc["fleet_api_address"]).rsplit(":", 1)[1]
+            need("fleet_api_address", port != str(http.get("port")),
+                 "must not use the port of Flower's loopback HTTP API (http_api)")
         need("state_dir", _path_ok(doc.get("state_dir")), "must be an absolute path")
         need("database", _path_ok(doc.get("database")), "must be an absolute path")
         need("supernode_auth", isinstance(doc.get("supernode_auth", False), bool), "must be true or false")
