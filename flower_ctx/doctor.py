@@ -290,19 +290,15 @@ def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
 def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
     t, to = config.keepalive_time, config.keepalive_timeout
     from .flowerversion import installed_version
-    from .runtime.eras import HTTP, UnsupportedFlower, for_version
+    from .runtime.eras import HTTP, UnsupportedFlower, for_version, keepalive_summary
 
+    installed = installed_version()
     try:
-        era = for_version(installed_version())
+        era = for_version(installed)
     except UnsupportedFlower:
         era = None
     if era is HTTP:
-        from .runtime.http_keepalive import heartbeat_interval
-
-        h = heartbeat_interval(t, to)
-        yield Check("keepalive", OK, f"HTTP Fleet API: TCP keepalive probe after {t}s idle, connection dropped "
-                    f"{t + to}s after the last answer or {to}s after unacknowledged data; heartbeat every {h}s "
-                    f"(the SuperLink marks a silent SuperNode offline after {2 * h}s)")
+        yield Check("keepalive", OK, keepalive_summary(installed, t, to))
         return
     tail = service_log_tail(paths, role)
     if b"too_many_pings" in tail or b"ENHANCE_YOUR_CALM" in tail:

@@ -82,6 +82,12 @@ def test_runtime_config_refuses_the_fleet_port_on_flowers_own_port(tmp_path: Pat
         read(Paths(tmp_path / "superlink"), "superlink")
 
 
+def test_flowers_legacy_grpc_switches_are_removed_from_its_environment(tmp_path: Path) -> None:
+    env = {"PATH": "/usr/bin", "FLWR_INTERNAL_GRPC_CONTROL_API": "1", "FLWR_INTERNAL_GRPC_FLEET_API": "1"}
+    out = run_cmd.prepare_environment(_doc(tmp_path, "superlink"), env)
+    assert "FLWR_INTERNAL_GRPC_CONTROL_API" not in out and "FLWR_INTERNAL_GRPC_FLEET_API" not in out
+
+
 def test_keepalive_numbers_map_to_socket_options_and_heartbeat() -> None:
     opts = {(level, opt): value for level, opt, value in http_keepalive.socket_options(60, 20)}
     assert opts == {(socket.SOL_SOCKET, socket.SO_KEEPALIVE): 1, (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE): 60,
@@ -105,6 +111,26 @@ def test_listener_options_are_inherited_by_accepted_sockets() -> None:
     assert got == {opt: value for _, opt, value in opts}
     with bind_listener("0.0.0.0", 0, opts) as wild:  # dual-stack like gRPC's wildcard, where IPv6 exists
         assert wild.family in (socket.AF_INET6, socket.AF_INET)
+
+
+def test_status_and_doctor_describe_the_keepalive_of_the_installed_era(tmp_path: Path) -> None:
+    assert eras.keepalive_summary("1.39.0", 60, 20) == "ping every 60s, timeout 20s"
+    text = eras.keepalive_summary("1.42.0", 10, 5)
+    assert "TCP keepalive probe after 10s idle" in text and "dropped 15s" in text and "offline after 20s" in text
+
+
+@requires_flower_142
+def test_status_on_142_names_the_http_keepalive(tmp_path: Path) -> None:
+    py = flower_python("1.42")
+    assert py is not None
+    root = tmp_path / "stage"
+    root.mkdir()
+    ctx = Path(__file__).resolve().parent.parent / "examples" / "superlink.context.sh"
+    conf = subprocess.run(ctx_argv(py, "configure", "--role", "superlink", "--context", str(ctx), "--root", str(root)),
+                          capture_output=True, text=True, timeout=120)
+    assert conf.returncode == 0, conf.stderr
+    out = subprocess.run(ctx_argv(py, "status", "--root", str(root)), capture_output=True, text=True, timeout=120)
+    assert "1.42.0 installed" in out.stdout and "HTTP Fleet API: TCP keepalive" in out.stdout, out.stdout
 
 
 def _asgi(filter_app: FleetOnlyOnPublic, scope: dict[str, Any]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from ._common import NonEmptyPath
 log = logging.getLogger("flower_ctx.run")
 
 ENTRY_POINTS = {"superlink": "flower-superlink", "supernode": "flower-supernode"}
+INTERNAL_GRPC_SWITCHES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 
 
 class RunError(FlowerCtxError):
@@ -157,6 +158,11 @@ def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) 
     # Flower's SuperLink would otherwise `uv sync` every app's dependencies from the internet at run
     # time: an appliance runs apps with what its virtualenv provides.
     env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    # Flower's internal switches for its legacy gRPC servers: the Control one listens on 0.0.0.0:9093
+    # by default (the Control API beyond loopback), the Fleet one would take the public Fleet port.
+    for name in INTERNAL_GRPC_SWITCHES:
+        if env.pop(name, None) is not None:
+            log.warning("%s ignored: flower-ctx does not start Flower's legacy gRPC servers", name)
     return env  # type: ignore[return-value]
 
 

@@ -81,6 +81,22 @@ def for_version(installed: str | None) -> Era:
     )
 
 
+def keepalive_summary(version: str | None, time_s: int, timeout_s: int) -> str:
+    """How the keepalive numbers act on the Flower ``version`` (status and doctor say the same)."""
+    try:
+        era = for_version(version)
+    except UnsupportedFlower:
+        era = GRPC
+    if era is HTTP:
+        from .http_keepalive import heartbeat_interval
+
+        h = heartbeat_interval(time_s, timeout_s)
+        return (f"HTTP Fleet API: TCP keepalive probe after {time_s}s idle, connection dropped {time_s + timeout_s}s "
+                f"after the last answer or {timeout_s}s after unacknowledged data; heartbeat every {h}s (the "
+                f"SuperLink marks a silent SuperNode offline after {2 * h}s)")
+    return f"ping every {time_s}s, timeout {timeout_s}s"
+
+
 def installed() -> Era:
     """The era of the flwr installed in this virtualenv."""
     from ..flowerversion import installed_version
