@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: system packages (when root), a virtualenv with the
-# project and its test and Flower extras, then pytest. Extra arguments go to pytest.
+# The whole test suite on a fresh machine: system packages (when root), two virtualenvs, then pytest.
+# Extra arguments go to pytest.
+#   .venv            the project with its test extra and Flower 1.39 (flower139 extra): pytest runs here;
+#                    the three-zone lab and the gRPC-era tests start Flower from it
+#   .venv-flwr142    the project (editable) with the flower extra, Flower 1.42 (what the image bakes):
+#                    the HTTP-era tests start Flower, flower-ctx run and flwr from it (tests/flower_envs.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -32,6 +36,10 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,flower]'
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,flower139]'
+if [ ! -x .venv-flwr142/bin/python ]; then
+    "$PYTHON" -m venv .venv-flwr142
+fi
+.venv-flwr142/bin/python -m pip install -q --disable-pip-version-check -e '.[flower]'
 .venv/bin/ruff check flower_ctx tests bench
 exec .venv/bin/python -m pytest "$@"

@@ -6,11 +6,14 @@
    against the shell + openssl RSA script typical of appliance hooks (RSA-4096 CA and server key).
 3. SuperLink publication to SuperNode discovery through OneGate (the real discovery code and OneGate
    double on loopback, fake clock; from bench/discovery.py) against the fixed 10 s poll.
-4. Dead-peer detection with real Flower in a network namespace (needs root, ip netns, nftables;
+4. Dead-peer detection with real Flower 1.39 in a network namespace (needs root, ip netns, nftables;
    the approach of tests/test_run_deadpeer.py): agent SuperNodes at the default keepalive (60/20 s)
    and at 2/1 s, against a stock Flower SuperNode, after the Fleet port is blackholed.
+5. The same on Flower 1.42's HTTP Fleet API (tests/test_run_http_deadlink.py): agents at 10/5 s and
+   60/20 s against stock 1.42; the SuperNode side ("Connection attempt failed") and the SuperLink
+   side (the node listed offline by the Control API).
 
-    python bench/figures.py [--runs N] [--observe S] [--skip-deadpeer]
+    python bench/figures.py [--runs N] [--observe S] [--skip-deadpeer | --only-deadpeer] [--flower 1.39|1.42|both]
 """
 
 from __future__ import annotations
@@ -134,14 +137,31 @@ def discovery_figures() -> None:
         print(f"   {name:38} mean {m:5.2f} s  worst {x:5.2f} s  requests {n:3d}{ratio}")
 
 
-def deadpeer_figures(observe: float) -> None:
+CONTROL_SCRIPT = """
+import sys
+from flower_ctx.admission.control import ControlClient
+c = ControlClient("127.0.0.1", 8000, open(sys.argv[1], "rb").read())
+print(" ".join(f"{n.node_id}={n.status}" for n in c.list_nodes()))
+"""
+
+
+def deadpeer_figures(observe: float, minor: str, agents_ka: tuple[tuple[int, int], ...], label: str) -> None:
+    """Blackhole the Fleet port of real Flower ``minor`` in a namespace; SuperNode agents at each
+    keepalive pair and a stock SuperNode report "Connection attempt failed" (the SuperNode side);
+    the SuperLink's node list shows each go offline (its side)."""
     from flower_ctx.commands.run import flower_argv
+    from tests.flower_envs import flower_python
     from tests.runtime_helpers import Proc, kill_tree, make_pki, stage_runtime_config
 
-    print("4. Dead-peer detection: Fleet port blackholed (real Flower, TLS, one network namespace)")
+    print(f"{label}: Fleet port blackholed (real Flower {minor}, TLS, one network namespace)")
     if os.geteuid() != 0 or not shutil.which("nft"):
         print("   skipped: needs root, ip netns and nftables")
         return
+    py = flower_python(minor)
+    if py is None:
+        print(f"   skipped: no Python with flwr {minor} (.venv-flwr{minor.replace('.', '')}, made by test.sh)")
+        return
+    version = f"{minor}.0"
     ns = f"fclabbench{os.getpid()}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     procs: list[Proc] = []
@@ -152,44 +172,66 @@ def deadpeer_figures(observe: float) -> None:
         tmp = Path(tempfile.mkdtemp(prefix="fclab-bench-"))
         pki = make_pki(tmp / "pki")
         stage_runtime_config(tmp / "L", "superlink", pki, fleet_api_address="127.0.0.1:9092")
-        for name, (t_s, to_s), port in (("D", (60, 20), 9094), ("S", (2, 1), 9096)):
-            stage_runtime_config(tmp / name, "supernode", pki, superlink_address="127.0.0.1:9092",
-                                 keepalive={"time_s": t_s, "timeout_s": to_s}, http_api={"port": port})
+        for i, (t_s, to_s) in enumerate(agents_ka):
+            stage_runtime_config(tmp / f"A{i}", "supernode", pki, superlink_address="127.0.0.1:9092",
+                                 keepalive={"time_s": t_s, "timeout_s": to_s}, http_api={"port": 9094 + 2 * i})
         stock_doc = stage_runtime_config(tmp / "K", "supernode", pki, superlink_address="127.0.0.1:9092",
                                          http_api={"port": 9095})
-        venv_bin = str(Path(sys.executable).parent)
+        venv_bin = str(Path(py).parent)
         env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
                "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-        cli = ["ip", "netns", "exec", ns, sys.executable, "-m", "flower_ctx.cli", "run"]
+        cli = ["ip", "netns", "exec", ns, py, "-m", "flower_ctx.cli", "run"]
         link = Proc([*cli, "superlink", "--root", str(tmp / "L")], env=env)
-        agents = {"default 60/20 s": Proc([*cli, "supernode", "--root", str(tmp / "D")], env=env),
-                  "small 2/1 s": Proc([*cli, "supernode", "--root", str(tmp / "S")], env=env)}
-        stock = Proc(["ip", "netns", "exec", ns, f"{venv_bin}/flower-supernode", *flower_argv(stock_doc)[1:]],
-                     env=env)
+        agents = {f"{t_s}/{to_s} s": Proc([*cli, "supernode", "--root", str(tmp / f"A{i}")], env=env)
+                  for i, (t_s, to_s) in enumerate(agents_ka)}
+        stock = Proc(["ip", "netns", "exec", ns, f"{venv_bin}/flower-supernode",
+                      *flower_argv(stock_doc, version)[1:]], env=env)
         procs = [link, *agents.values(), stock]
-        link.start().wait_for("Starting Fleet API", 60)
+        link.start()
+        time.sleep(2)
         for p in (*agents.values(), stock):
             p.start()
         for p in (*agents.values(), stock):
-            p.wait_for("SuperNode ID", 60)
+            p.wait_for("SuperNode ID", 90)
+        members = {**agents, "stock": stock}
+        ids = {name: p.text().split("SuperNode ID: ")[1].split()[0] for name, p in members.items()}
         time.sleep(3)
         for rule in ("tcp dport 9092 drop", "tcp sport 9092 drop"):
             subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "rule", "inet", "fclabbench", "in",
                             *rule.split()], check=True)
         dropped = time.monotonic()
         lost = "Connection attempt failed"
+        offline: dict[str, float] = {}
         deadline = dropped + observe
-        while time.monotonic() < deadline and not all(p.first(lost, dropped) for p in procs[1:]):
-            time.sleep(0.2)
-        stock_t = stock.first(lost, dropped)
-        stock_s = f"{stock_t - dropped:6.1f} s" if stock_t else f"not within {observe:.0f} s"
-        for name, p in agents.items():
+        while time.monotonic() < deadline:
+            if all(p.first(lost, dropped) for p in procs[1:]) and (version < "1.40" or len(offline) == len(ids)):
+                break
+            if version >= "1.40":  # the node list through the Control API on the namespace's loopback
+                out = subprocess.run(["ip", "netns", "exec", ns, py, "-c", CONTROL_SCRIPT, str(pki.ca)],
+                                     capture_output=True, text=True, cwd=REPO, timeout=30).stdout
+                status = dict(x.split("=") for x in out.split())
+                for name, node_id in ids.items():
+                    if status.get(node_id) == "offline" and name not in offline:
+                        offline[name] = time.monotonic() - dropped
+            time.sleep(0.5)
+
+        def took(p: Proc) -> float | None:
             t = p.first(lost, dropped)
-            took = t - dropped if t else None
-            ratio = (f"ratio {took / (stock_t - dropped):.2f}" if took and stock_t
-                     else f"ratio <= {took / observe:.2f}" if took else "")
-            print(f"   agent keepalive {name:16} {took:6.1f} s" if took else f"   agent {name}: not detected",
-                  f"  stock Flower: {stock_s}  {ratio}")
+            return t - dropped if t else None
+
+        def fmt(x: float | None) -> str:
+            return f"{x:6.1f} s" if x is not None else f"not within {observe:.0f} s"
+
+        stock_t, stock_off = took(stock), offline.get("stock")
+        for name, p in agents.items():
+            t = took(p)
+            ratio = (f"ratio {t / stock_t:.2f}" if t and stock_t else f"ratio <= {t / observe:.2f}" if t else "")
+            line = f"   agent keepalive {name:9} SuperNode notices {fmt(t)}   stock Flower: {fmt(stock_t)}  {ratio}"
+            if version >= "1.40":
+                off = offline.get(name)
+                oratio = f"ratio {off / stock_off:.2f}" if off and stock_off else ""
+                line += f"\n   {'':25} SuperLink marks offline {fmt(off)}   stock: {fmt(stock_off)}  {oratio}"
+            print(line)
         shutil.rmtree(tmp, ignore_errors=True)
     finally:
         for p in procs:
@@ -205,14 +247,22 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--observe", type=float, default=90.0, help="seconds to watch stock Flower after the blackhole")
     ap.add_argument("--skip-deadpeer", action="store_true")
+    ap.add_argument("--only-deadpeer", action="store_true", help="only figures 4 and 5")
+    ap.add_argument("--flower", choices=("1.39", "1.42", "both"), default="both",
+                    help="which Flower's dead-peer figure (1.42 needs .venv-flwr142, made by test.sh)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fclab-figures-") as d:
-        tmp = Path(d)
-        configure_figures(args.runs, tmp)
-        tls_figures(args.runs * 3, tmp)
-    discovery_figures()
-    if not args.skip_deadpeer:
-        deadpeer_figures(args.observe)
+    if not args.only_deadpeer:
+        with tempfile.TemporaryDirectory(prefix="fclab-figures-") as d:
+            tmp = Path(d)
+            configure_figures(args.runs, tmp)
+            tls_figures(args.runs * 3, tmp)
+        discovery_figures()
+    if args.skip_deadpeer:
+        return
+    if args.flower in ("1.39", "both"):
+        deadpeer_figures(args.observe, "1.39", ((60, 20), (2, 1)), "4. Dead-peer detection, gRPC Fleet API")
+    if args.flower in ("1.42", "both"):
+        deadpeer_figures(args.observe, "1.42", ((10, 5), (60, 20)), "5. Dead-link detection, HTTP Fleet API")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import sys
 from flower_ctx.cli import main
 from flower_ctx.commands import run
 _argv = run.flower_argv
-run.flower_argv = lambda doc: [*_argv(doc), "--version"]  # stop inside Flower's parser, like the stock run
+run.flower_argv = lambda doc, version=None: [*_argv(doc, version), "--version"]  # stop in Flower's parser
 main(["run", "supernode", "--root", sys.argv[1]])
 """
 

@@ -1,3 +1,3 @@
 """flower-ctx: the OpenNebula contextualization agent for Flower SuperLink and SuperNode VMs."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -32,6 +32,23 @@ class Effective:
     source: str  # "default", "context", "context (ONEAPP_X)", "environment", "unset", "ignored: ..."
 
 
+def _installed_flower_by_default(typed: dict[str, Any], table: list[Effective]) -> None:
+    """FLOWER_VERSION unset: the Flower this virtualenv has (the image's), when flower-ctx runs it.
+    No release is installed at boot unless CONTEXT asks for one."""
+    from importlib import metadata
+
+    from .values import flower_version
+
+    try:
+        installed = metadata.version("flwr")
+        typed["FLOWER_VERSION"] = flower_version(installed)
+    except (metadata.PackageNotFoundError, Invalid, ValueError):
+        return
+    for i, eff in enumerate(table):
+        if eff.name == "FLOWER_VERSION":
+            table[i] = Effective(eff.name, installed, "default (the installed Flower)")
+
+
 class _Collector:
     def __init__(self) -> None:
         self.problems: list[tuple[str, str]] = []
@@ -120,6 +137,8 @@ def resolve(
         source = _source(var, used, env_names) + (f", context CD-ROM file {from_cd[0]}" if from_cd else "")
         table.append(Effective(var.name, shown, source))
 
+    if "FLOWER_VERSION" not in explicit:
+        _installed_flower_by_default(typed, table)
     ignored = _names(values, c)
     nics = _nics(values, c)
     onegate = _onegate(values, token, c)

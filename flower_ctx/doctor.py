@@ -307,6 +307,17 @@ def _wireguard(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
 
 def _keepalive(config: Config, paths: Paths, role: str) -> Iterator[Check]:
     t, to = config.keepalive_time, config.keepalive_timeout
+    from .flowerversion import installed_version
+    from .runtime.eras import HTTP, UnsupportedFlower, for_version, keepalive_summary
+
+    installed = installed_version()
+    try:
+        era = for_version(installed)
+    except UnsupportedFlower:
+        era = None
+    if era is HTTP:
+        yield Check("keepalive", OK, keepalive_summary(installed, t, to))
+        return
     tail = service_log_tail(paths, role)
     if b"too_many_pings" in tail or b"ENHANCE_YOUR_CALM" in tail:
         yield Check("keepalive", PROBLEM, "the SuperLink closed the connection with GOAWAY too_many_pings",

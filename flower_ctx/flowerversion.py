@@ -1,8 +1,10 @@
 """FLOWER_VERSION: keep the image's Flower, or try (bounded) to install the requested release.
 
-The image bakes Flower 1.39.0 into the agent's virtualenv. When CONTEXT asks for another release
-below 1.40 (validation refuses 1.40+), configure tries ``pip install flwr==X`` into the same
-virtualenv with a time limit; on any failure the baked version stays and the result says so.
+The image bakes Flower 1.42.0 into the agent's virtualenv (the ``flower`` extra). FLOWER_VERSION
+unset means that installed Flower. When CONTEXT asks for another release (validation accepts 1.39.0
+to 1.42.x), configure tries ``pip install flwr==X`` into the same virtualenv with a time limit; on
+any failure the installed version stays and the result says so. ``flower-ctx run`` then picks the
+runtime era of whatever is installed (``runtime.eras``).
 """
 
 from __future__ import annotations

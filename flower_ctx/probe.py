@@ -67,7 +67,8 @@ def _context(ca_pem: bytes | None) -> ssl.SSLContext:
     else:
         ctx = ssl.create_default_context(cadata=ca_pem.decode("ascii"))
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_alpn_protocols(["h2"])  # what a gRPC client offers; some servers insist on it
+    # What a gRPC client offers (some servers insist on it), and HTTP/1.1 for Flower 1.40+'s Fleet API.
+    ctx.set_alpn_protocols(["h2", "http/1.1"])
     return ctx
 
 

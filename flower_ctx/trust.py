@@ -1,12 +1,13 @@
 """Which CAs each connected SuperNode trusts: what tells a CA rotation it may finish.
 
 A SuperLink cannot ask a SuperNode anything (SuperNodes dial out), so each SuperNode says it on its
-own connection: ``flower-ctx run`` gives its gRPC channel a user agent naming the fingerprints of
-every CA in its ``ca.crt`` (``flower-ctx-trust/sha256:...,sha256:...``), and the SuperLink's
-``flower-ctx run`` records, per SuperNode public key (Flower's ``flwr-public-key-bin`` metadata),
-the fingerprints it last announced, in ``state/trust-report.json`` (written by the ``flower`` user,
-read by the agent as untrusted input). ``flower-ctx ca rotate --finish`` then checks that every
-SuperNode online trusts the next CA, and ``status`` shows who does not yet.
+own connection: ``flower-ctx run`` gives its Fleet client (a gRPC channel in 1.39, an httpx client in
+1.40+) a user agent naming the fingerprints of every CA in its ``ca.crt``
+(``flower-ctx-trust/sha256:...,sha256:...``), and the SuperLink's ``flower-ctx run`` records, per
+SuperNode public key (Flower's ``flwr-public-key-bin`` gRPC metadata, or its base64 in the
+``flwr-public-key`` HTTP header), the fingerprints it last announced, in ``state/trust-report.json``
+(written by the ``flower`` user, read by the agent as untrusted input). ``flower-ctx ca rotate --finish``
+then checks that every SuperNode online trusts the next CA, and ``status`` shows who does not yet.
 """
 
 from __future__ import annotations
@@ -52,13 +53,22 @@ def key_id(public_key_pem: bytes) -> str:
     return hashlib.sha256(public_key_pem.strip()).hexdigest()[:32]
 
 
+def agent_for(ca_file: str) -> str:
+    """The user agent of a SuperNode trusting the CAs in ``ca_file``; empty when it cannot be read
+    (``flower-ctx run`` names a damaged CA file before Flower starts)."""
+    from .errors import FlowerCtxError
+    from .files import read_file
+
+    try:
+        return user_agent(read_file(ca_file))
+    except (OSError, FlowerCtxError):
+        return ""
+
+
 class Recorder:
-    """A gRPC server interceptor that notes what each SuperNode announces; flushed to ``path``."""
+    """Notes what each SuperNode announces (from any transport); flushed to ``path``."""
 
     def __init__(self, path: Path) -> None:
-        import grpc
-
-        self._base = grpc.ServerInterceptor
         self.path = path
         self.entries: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
@@ -66,12 +76,32 @@ class Recorder:
         self._flusher: threading.Thread | None = None
 
     def note(self, metadata: Any) -> None:
+        """gRPC invocation metadata: ``user-agent`` and ``flwr-public-key-bin`` (raw bytes)."""
         agent, key = None, None
         for k, v in metadata or ():
             if k == "user-agent" and isinstance(v, str):
                 agent = v
             elif k == "flwr-public-key-bin" and isinstance(v, bytes):
                 key = v
+        self.note_pair(agent, key)
+
+    def note_http(self, headers: Any) -> None:
+        """ASGI headers: ``user-agent`` and ``flwr-public-key`` (base64 of the same bytes as gRPC's)."""
+        import base64
+        import binascii
+
+        agent, key = None, None
+        for k, v in headers or ():
+            if k == b"user-agent":
+                agent = v.decode("latin-1")
+            elif k == b"flwr-public-key" and len(v) < 4096:
+                try:
+                    key = base64.b64decode(v, validate=True)
+                except (binascii.Error, ValueError):
+                    return
+        self.note_pair(agent, key)
+
+    def note_pair(self, agent: str | None, key: bytes | None) -> None:
         fps = parse_user_agent(agent) if agent else None
         if not fps or not key:
             return

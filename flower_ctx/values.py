@@ -282,19 +282,31 @@ def wg_key(value: str) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+# The Flower releases flower-ctx runs (docs/flower-eras.md): 1.39 (gRPC Fleet API) and 1.40 to 1.42
+# (HTTP Fleet API beside Control and Runtime, kept apart by flower-ctx). Inclusive major.minor bounds.
+FLOWER_FIRST = (1, 39)
+FLOWER_LAST = (1, 42)
+# What the appliance image bakes (the `flower` extra of setup.cfg pins the same release).
+FLOWER_BAKED = "1.42.0"
+
+
+def flower_range_text() -> str:
+    return f"{FLOWER_FIRST[0]}.{FLOWER_FIRST[1]}.0 to {FLOWER_LAST[0]}.{FLOWER_LAST[1]}.x"
+
+
 def flower_version(value: str) -> tuple[int, int, int]:
     m = re.fullmatch(r"([0-9]{1,6})\.([0-9]{1,6})\.([0-9]{1,6})", value)
     if not m:
-        raise Invalid(f"must be a release X.Y.Z such as 1.39.0, got {show(value)}")
+        raise Invalid(f"must be a release X.Y.Z such as {FLOWER_BAKED}, got {show(value)}")
     v = (int(m.group(1)), int(m.group(2)), int(m.group(3)))
-    if v >= (1, 40, 0):
+    if not FLOWER_FIRST <= v[:2] <= FLOWER_LAST:
+        newer = v[:2] > FLOWER_LAST
         raise Invalid(
-            f"{value} is not supported: Flower 1.40 and later serve the Fleet, Control and Runtime APIs on "
-            "one HTTP port, which would expose the Control API (it runs submitted code) to every SuperNode "
-            "network; use 1.39.0 or earlier"
+            f"{value} is not supported: flower-ctx runs Flower {flower_range_text()} "
+            + ("(a newer release is not known to keep the Control API off the SuperNode networks "
+               "and the keepalive bound)" if newer else "(older releases are not tested with this flower-ctx)")
+            + f"; use {FLOWER_BAKED} (the image's) or 1.39.0"
         )
-    if v < (1, 0, 0):
-        raise Invalid(f"{value} is older than any supported Flower release; use 1.39.0")
     return v
 
 

@@ -138,9 +138,10 @@ def _version_display(t: Any) -> str:
 REGISTRY: tuple[Variable, ...] = (
     Variable(
         "FLOWER_VERSION", LN, "text",
-        "Flower release X.Y.Z, below 1.40 (1.40+ moved the Fleet API off gRPC and is refused). When it "
-        "differs from the image's, flower-ctx tries to install it and keeps the baked one on failure.",
-        v.flower_version, default="1.39.0", display=_version_display,
+        "Flower release X.Y.Z from 1.39.0 to 1.42.x (1.39: gRPC Fleet API; 1.40+: HTTP Fleet API, kept apart "
+        "from the Control API by flower-ctx). Unset: the Flower the image ships. When it differs from the "
+        "installed one, flower-ctx tries to install it and keeps the installed one on failure.",
+        v.flower_version, default=v.FLOWER_BAKED, display=_version_display,
     ),
     Variable(
         "FL_TLS_ENABLED", LN, "boolean", "TLS on the Fleet API (SuperNode to SuperLink). Mandatory across zones.",

@@ -20,12 +20,12 @@
 # ---------------------------------------------------------------------------------------------
 
 ONE_SERVICE_NAME='Service Flower - federated learning (SuperLink / SuperNode)'
-ONE_SERVICE_VERSION='1.39.0'
+ONE_SERVICE_VERSION='1.42.0'  # the Flower the image bakes (setup.cfg extra `flower`)
 ONE_SERVICE_BUILD=$(date +%s)
 ONE_SERVICE_SHORT_DESCRIPTION='Flower federated learning node configured from CONTEXT by flower-ctx'
 # shellcheck disable=SC2016  # backticks are literal text
 ONE_SERVICE_DESCRIPTION='Flower SuperLink or SuperNode. Every CONTEXT variable is validated and
-applied by flower-ctx (TLS, WireGuard, gRPC keepalive, systemd units, OneGate readiness).
+applied by flower-ctx (TLS, WireGuard, keepalive, systemd units, OneGate readiness).
 Run `flower-ctx status` and `flower-ctx doctor` on the VM.'
 ONE_SERVICE_RECOMMENDED_VM_CPU=2
 ONE_SERVICE_RECOMMENDED_VM_MEMORY=2048

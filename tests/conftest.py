@@ -47,9 +47,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     # In CI (root, clean machine after .ci/run installed everything) a missing capability means a
     # broken setup: fail loudly instead of letting the real-network tests skip.
     if os.environ.get("CI") == "true" and os.environ.get("FLOWER_CTX_ALLOW_SKIPS") != "1":
+        from tests.flower_envs import flower_python
+
         missing = [name for name, ok in (
             ("root", IS_ROOT), ("network namespaces", HAVE_NETNS), ("wireguard-go/wg", HAVE_WG_GO),
             ("nftables", HAVE_NFT), ("flwr", HAVE_FLOWER),
+            ("a Python with flwr 1.39 (.venv)", flower_python("1.39") is not None),
+            ("a Python with flwr 1.42 (.venv-flwr142)", flower_python("1.42") is not None),
         ) if not ok]
         if missing:
             raise pytest.UsageError(f"CI=true but missing: {', '.join(missing)}")

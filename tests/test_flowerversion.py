@@ -22,9 +22,9 @@ def test_same_version_is_unchanged(tmp_path: Path) -> None:
 
 
 def test_other_version_under_root_is_listed_not_installed(tmp_path: Path) -> None:
-    cfg = load_config("superlink", {"FLOWER_VERSION": "1.38.0"})
+    cfg = load_config("superlink", {"FLOWER_VERSION": "1.41.0"})
     staged = flowerversion.apply(cfg, Paths(tmp_path / "stage"))
-    assert staged.skipped == [f"pip install flwr==1.38.0 (installed: {metadata.version('flwr')})"]
+    assert staged.skipped == [f"pip install flwr==1.41.0 (installed: {metadata.version('flwr')})"]
     dry = flowerversion.apply(cfg, Paths(tmp_path / "stage"), dry_run=True)
     assert [c.outcome for c in dry.changes] == ["would-update"]
 

@@ -90,7 +90,7 @@ BAD = [
     {"FL_WG_ENABLED": "YES"},
     {"FL_SSL_CERTFILE": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="},
     {"FL_DATABASE": "../../etc/shadow"},
-    {"FLOWER_VERSION": "1.42.0"},
+    {"FLOWER_VERSION": "1.43.0"},
     {"ETH0_IP": "10.0.0.300"},
     {"ONEAPP_FL_LOG_LEVEL": "DEBUG", "FL_LOG_LEVEL": "INFO"},
 ]

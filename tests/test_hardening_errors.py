@@ -319,7 +319,8 @@ def reap():
                   "stdout": out.read().decode("utf-8", "replace"), "stderr": err.read().decode("utf-8", "replace")}
 
 for i, argv in enumerate(commands):
-    while len(running) >= 2:
+    # configure repairs the root the commands before it read: never run it beside them.
+    while len(running) >= (1 if argv[0] == "configure" else 2):
         reap()
     start(i, argv)
 while running:

@@ -14,8 +14,8 @@ from grpc import server as bound_server
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flower_ctx import grpc_patch
-from flower_ctx import keepalive as ka
+from flower_ctx.runtime import grpc_keepalive as ka
+from flower_ctx.runtime import grpc_patch
 
 # ---------------------------------------------------------------- option lists (DESIGN section 6)
 

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from flower_ctx import keepalive as ka
+from flower_ctx.runtime import grpc_keepalive as ka
 from tests.conftest import requires_flower
 from tests.runtime_helpers import FrameEvent, FrameRelay, free_port, goaways, is_acked, keepalive_pings
 

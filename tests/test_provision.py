@@ -181,12 +181,14 @@ def test_flower_ctx_runs_inside(provisioned: tuple[Path, str]) -> None:
     # Flower's own CLI is on PATH for the operator (flwr run, flwr ls, ...).
     assert os.readlink(root / "usr/local/bin/flwr") == "/opt/flower/venv/bin/flwr"
     out = in_chroot(root, "command -v flwr && flwr --version")
-    assert out.returncode == 0 and "/usr/local/bin/flwr" in out.stdout and "1.39.0" in out.stdout, out.stdout
+    from flower_ctx.values import FLOWER_BAKED  # the image bakes the `flower` extra's release
+
+    assert out.returncode == 0 and "/usr/local/bin/flwr" in out.stdout and FLOWER_BAKED in out.stdout, out.stdout
     # Flower is the pinned release, importable from the virtualenv, with its scripts on bin/.
     out = in_chroot(
         root, "/opt/flower/venv/bin/python3 -c 'import importlib.metadata as m; print(m.version(\"flwr\"))'"
     )
-    assert out.stdout.strip() == "1.39.0", out.stdout
+    assert out.stdout.strip() == FLOWER_BAKED, out.stdout
     for script in ("flower-superlink", "flower-supernode", "flower-superexec"):
         assert (root / "opt/flower/venv/bin" / script).is_file(), script
 

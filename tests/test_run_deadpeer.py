@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from flower_ctx.commands.run import flower_argv
-from tests.conftest import requires_flower, requires_netns, requires_nft
+from tests.conftest import requires_netns, requires_nft
+from tests.flower_envs import flower_python, requires_flower_139
 from tests.runtime_helpers import Proc, kill_tree, make_pki, stage_runtime_config
 
-pytestmark = [requires_flower, requires_netns, requires_nft, pytest.mark.flower, pytest.mark.netns,
+pytestmark = [requires_flower_139, requires_netns, requires_nft, pytest.mark.flower, pytest.mark.netns,
               pytest.mark.root, pytest.mark.slow]
 
 PREFIX = "fcka"
@@ -78,14 +79,15 @@ def test_blackholed_superlink_is_detected_within_keepalive_bounds(tmp_path: Path
                          keepalive={"time_s": T, "timeout_s": TIMEOUT})
     stock_doc = stage_runtime_config(tmp_path / "S", "supernode", pki, superlink_address="127.0.0.1:9092",
                                      http_api={"port": 9095})
-    venv_bin = str(Path(sys.executable).parent)
+    py = flower_python("1.39") or sys.executable  # the gRPC era: Flower 1.39
+    venv_bin = str(Path(py).parent)
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
-    cli = [sys.executable, "-m", "flower_ctx.cli", "run"]
+    cli = [py, "-m", "flower_ctx.cli", "run"]
     procs = [
         Proc(_in_ns(netns, [*cli, "superlink", "--root", str(tmp_path / "L")]), env=env),
         Proc(_in_ns(netns, [*cli, "supernode", "--root", str(tmp_path / "N")]), env=env),
-        Proc(_in_ns(netns, [f"{venv_bin}/flower-supernode", *flower_argv(stock_doc)[1:]]), env=env),
+        Proc(_in_ns(netns, [f"{venv_bin}/flower-supernode", *flower_argv(stock_doc, "1.39.0")[1:]]), env=env),
     ]
     link, agent, stock = procs
     try:

@@ -17,11 +17,10 @@ from pathlib import Path
 import pytest
 
 from flower_ctx.commands.run import flower_argv
-from tests.conftest import requires_flower
+from tests.flower_envs import bin_dir, ctx_argv, flower_python, requires_flower_139
 from tests.runtime_helpers import (
     FrameRelay,
     Proc,
-    flower_ctx_argv,
     free_port,
     goaways,
     is_acked,
@@ -31,7 +30,8 @@ from tests.runtime_helpers import (
     stage_runtime_config,
 )
 
-pytestmark = [requires_flower, pytest.mark.flower, pytest.mark.slow]
+pytestmark = [requires_flower_139, pytest.mark.flower, pytest.mark.slow]
+PY = flower_python("1.39") or sys.executable  # the gRPC era: Flower 1.39
 
 T, TIMEOUT = 2, 1  # small values through the runtime config (the CONTEXT validator keeps its 10 s floor)
 WINDOW = 14.0
@@ -66,15 +66,15 @@ def test_superlink_and_supernodes_register_and_keepalive_on_the_wire(tmp_path: P
             tmp_path / "S", "supernode", pki, superlink_address=f"127.0.0.1:{stock_relay.port}",
             http_api={"port": free_port()})
 
-        link = Proc(flower_ctx_argv("run", "superlink", "--root", str(tmp_path / "L"))).start()
+        link = Proc(ctx_argv(PY, "run", "superlink", "--root", str(tmp_path / "L"))).start()
         procs.append(link)
         link.wait_for("Starting Fleet API", 60)
-        agent = Proc(flower_ctx_argv("run", "supernode", "--root", str(tmp_path / "N"))).start()
+        agent = Proc(ctx_argv(PY, "run", "supernode", "--root", str(tmp_path / "N"))).start()
         procs.append(agent)
         # The same Flower, same argv, but Flower's own console script: no agent options.
-        stock_argv = [str(Path(sys.executable).parent / "flower-supernode"), *flower_argv(stock_doc)[1:]]
+        stock_argv = [str(bin_dir(PY) / "flower-supernode"), *flower_argv(stock_doc, "1.39.0")[1:]]
         stock_env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+                     "PATH": f"{bin_dir(PY)}{os.pathsep}{os.environ.get('PATH', '')}"}
         stock = Proc(stock_argv, env=stock_env).start()
         procs.append(stock)
         agent.wait_for("SuperNode ID", 60)

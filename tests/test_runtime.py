@@ -115,19 +115,20 @@ def test_superlink_argv_tls_and_insecure(stage: Path) -> None:
     assert "--insecure" in insecure and not any(a.startswith("--ssl") for a in insecure)
 
 
-def test_flower_140_and_later_is_refused() -> None:
-    assert run_cmd.check_flower_version("1.39.0") == "1.39.0"
-    for version in ("1.40.0", "1.42.0", "2.0.0", "1.40.0rc1"):
-        with pytest.raises(run_cmd.RunError, match="1.40 and later"):
+def test_flower_139_to_142_run_and_the_rest_is_refused() -> None:
+    for version in ("1.39.0", "1.40.0", "1.41.0", "1.42.0", "1.42.3", "1.40.0rc1"):
+        assert run_cmd.check_flower_version(version) == version
+    for version in ("1.38.0", "1.43.0", "2.0.0", "1.43.0rc1"):
+        with pytest.raises(run_cmd.RunError, match=f"Flower {version} is not supported.*1.39.0 to 1.42.x"):
             run_cmd.check_flower_version(version)
     with pytest.raises(run_cmd.RunError, match="not installed"):
         run_cmd.check_flower_version(None)
 
 
-def test_run_refuses_an_installed_flower_140(stage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_refuses_an_installed_flower_143(stage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runtime.apply(make_config("superlink"), Paths(stage))
-    monkeypatch.setattr(run_cmd, "installed_flower_version", lambda: "1.40.1")
-    with pytest.raises(run_cmd.RunError, match="Flower 1.40.1 is not supported"):
+    monkeypatch.setattr(run_cmd, "installed_flower_version", lambda: "1.43.0")
+    with pytest.raises(run_cmd.RunError, match="Flower 1.43.0 is not supported"):
         run_cmd.run_role("superlink", Paths(stage))
 
 

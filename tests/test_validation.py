@@ -37,7 +37,11 @@ def problems(role: str, values: dict[str, str]) -> dict[str, str]:
 def test_defaults_alone_are_valid_for_both_roles() -> None:
     link = load_config("superlink", {})
     assert (link.tls_enabled, link.keepalive_time, link.keepalive_timeout) == (True, 60, 20)
-    assert link.flower_version == "1.39.0" and link.database == "state/state.db" and link.wg is None
+    # FLOWER_VERSION unset: the installed Flower (no release installed at boot), else the image's.
+    from flower_ctx.flowerversion import installed_version
+
+    assert link.flower_version == (installed_version() or "1.42.0")
+    assert link.database == "state/state.db" and link.wg is None
     node = load_config("supernode", {})
     assert node.superlink_address is None and node.max_retries == 0
 
@@ -62,8 +66,9 @@ BAD = [
     ("FL_GRPC_KEEPALIVE_TIMEOUT", "0", "from 1 to 600"),
     ("FL_LOG_LEVEL", "LOUD", "one of DEBUG, INFO, WARNING, ERROR"),
     ("FL_ISOLATION", "docker", "one of subprocess, process"),
-    ("FLOWER_VERSION", "1.40.0", "1.40 and later"),
-    ("FLOWER_VERSION", "2.0.0", "1.40 and later"),
+    ("FLOWER_VERSION", "1.43.0", "1.39.0 to 1.42.x"),
+    ("FLOWER_VERSION", "2.0.0", "1.39.0 to 1.42.x"),
+    ("FLOWER_VERSION", "1.38.0", "1.39.0 to 1.42.x"),
     ("FLOWER_VERSION", "1.39", "X.Y.Z"),
     ("FLOWER_VERSION", "1.39.0; rm -rf /", "X.Y.Z"),
     ("FL_DATABASE", "/etc/passwd", "relative"),

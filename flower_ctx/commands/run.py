@@ -1,9 +1,10 @@
 """``flower-ctx run superlink|supernode``: Flower's own entry point, in this process, with keepalive.
 
-Reads the runtime configuration written by configure, builds Flower 1.39's argv (secrets only by
-file path), installs the gRPC keepalive patch, puts the virtualenv's ``bin/`` first on PATH (Flower
-starts ``flower-superexec`` by name) and calls Flower's console-script function. systemd runs this
-as the unprivileged user ``flower``.
+Reads the runtime configuration written by configure, picks the era of the installed Flower
+(``runtime.eras``: 1.39 gRPC, 1.40-1.42 HTTP), builds that era's argv (secrets only by file path),
+installs its hooks (keepalive; in the HTTP era also the Fleet-only public listener), puts the
+virtualenv's ``bin/`` first on PATH (Flower starts ``flower-superexec`` by name) and calls Flower's
+console-script function. systemd runs this as the unprivileged user ``flower``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from ._common import NonEmptyPath
 log = logging.getLogger("flower_ctx.run")
 
 ENTRY_POINTS = {"superlink": "flower-superlink", "supernode": "flower-supernode"}
-# Flower 1.40+ serves Fleet, Control and Runtime on one HTTP port (DESIGN section 6).
-FIRST_UNSUPPORTED = (1, 40)
+INTERNAL_GRPC_SWITCHES = ("FLWR_INTERNAL_GRPC_CONTROL_API", "FLWR_INTERNAL_GRPC_FLEET_API")
 
 
 class RunError(FlowerCtxError):
@@ -49,70 +49,42 @@ def load_runtime_config(paths: Paths, role: str) -> dict[str, Any]:
 
 
 def parse_version(text: str) -> tuple[int, ...]:
-    """Leading numeric release components: "1.39.0" -> (1, 39, 0), "1.40.0rc1" -> (1, 40, 0)."""
-    import re
+    from ..runtime.eras import parse_version as parse
 
-    match = re.match(r"\s*(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
-    if match is None:
-        return ()
-    return tuple(int(g) for g in match.groups() if g is not None)
+    return parse(text)
 
 
 def check_flower_version(installed: str | None) -> str:
-    """The installed flwr version, or RunError when it is missing or 1.40 and later."""
-    if installed is None:
-        raise RunError("Flower (flwr) is not installed in this virtualenv: pip install 'flower-ctx[flower]'")
-    if parse_version(installed)[:2] >= FIRST_UNSUPPORTED:
-        raise RunError(
-            f"installed Flower {installed} is not supported: Flower 1.40 and later serve Fleet, Control and "
-            "Runtime APIs on one HTTP port, which would expose the Control API (it runs submitted code) to "
-            "every SuperNode network, and their Fleet link is not gRPC so keepalive cannot apply. "
-            "Install flwr==1.39.0 (FLOWER_VERSION below 1.40)."
-        )
+    """The installed flwr version, or RunError when it is missing or not one flower-ctx runs."""
+    from ..runtime.eras import UnsupportedFlower, for_version
+
+    try:
+        for_version(installed)
+    except UnsupportedFlower as exc:
+        raise RunError(str(exc)) from None
+    assert installed is not None
     return installed
 
 
-def _tls_args(doc: dict[str, Any], role: str) -> list[str]:
-    tls = doc.get("tls") or {}
-    if not tls.get("enabled"):
-        return ["--insecure"]
-    if role == "superlink":
-        return ["--ssl-ca-certfile", tls["ca_certfile"], "--ssl-certfile", tls["certfile"],
-                "--ssl-keyfile", tls["keyfile"]]
-    return ["--root-certificates", tls["ca_certfile"]]
+def era_of(version: str | None = None) -> Any:
+    """The era of ``version`` (default: the installed flwr); RunError when unsupported."""
+    from ..runtime.eras import UnsupportedFlower, for_version
+
+    try:
+        return for_version(version if version is not None else installed_flower_version())
+    except UnsupportedFlower as exc:
+        raise RunError(str(exc)) from None
 
 
-def flower_argv(doc: dict[str, Any]) -> list[str]:
-    """Flower 1.39's command line for the runtime configuration (argv[0] is the console script)."""
-    role = doc["role"]
-    http = doc.get("http_api") or {}
-    argv = [ENTRY_POINTS[role], *_tls_args(doc, role), "--isolation", doc["isolation"]]
-    if role == "superlink":
-        argv += ["--fleet-api-type", "grpc-rere", "--fleet-api-address", doc["fleet_api_address"],
-                 "--database", doc["database"]]
-        if doc.get("supernode_auth"):
-            argv += ["--enable-supernode-auth"]
-    else:
-        if not doc.get("superlink_address"):
-            raise RunError("no SuperLink address yet: set FL_SUPERLINK_ADDRESS, or wait until OneGate "
-                           "discovery finds the SuperLink of this service and configure writes it")
-        argv += ["--grpc-rere", "--superlink", doc["superlink_address"]]
-        if doc.get("node_key"):
-            argv += ["--auth-supernode-private-key", doc["node_key"]]
-        if doc.get("node_config"):
-            argv += ["--node-config", doc["node_config"]]
-        if doc.get("max_retries"):
-            argv += ["--max-retries", str(doc["max_retries"])]
-        if doc.get("max_wait_time"):
-            argv += ["--max-wait-time", str(doc["max_wait_time"])]
-        if doc.get("runtime_dependency_install") is True:  # a SuperNode installs nothing unless asked
-            argv += ["--allow-runtime-dependency-installation"]
-    argv += ["--host", str(http.get("host", "127.0.0.1"))]
-    if http.get("port") is not None:
-        argv += ["--port", str(http["port"])]
-    if doc.get("health_server_address"):
-        argv += ["--health-server-address", doc["health_server_address"]]
-    return argv
+def flower_argv(doc: dict[str, Any], version: str | None = None) -> list[str]:
+    """Flower's command line for the runtime configuration, in the era of ``version`` (default: the
+    installed flwr); argv[0] is the console script."""
+    from ..runtime.common import NoSuperLinkYet
+
+    try:
+        return era_of(version).argv(doc)
+    except NoSuperLinkYet as exc:
+        raise RunError(str(exc)) from None
 
 
 def check_files(doc: dict[str, Any]) -> None:
@@ -188,6 +160,11 @@ def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) 
     # operator opted in with FL_RUNTIME_DEPENDENCY_INSTALL. Set, not defaulted: CONTEXT decides.
     opt_in = doc.get("runtime_dependency_install") is True
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "0" if opt_in else "1"
+    # Flower's internal switches for its legacy gRPC servers: the Control one listens on 0.0.0.0:9093
+    # by default (the Control API beyond loopback), the Fleet one would take the public Fleet port.
+    for name in INTERNAL_GRPC_SWITCHES:
+        if env.pop(name, None) is not None:
+            log.warning("%s ignored: flower-ctx does not start Flower's legacy gRPC servers", name)
     return env  # type: ignore[return-value]
 
 
@@ -200,35 +177,14 @@ def load_entry_point(name: str) -> Any:
     raise RunError(f"Flower's console script {name!r} is not installed")
 
 
-def install_keepalive(doc: dict[str, Any]) -> str:
-    from .. import grpc_patch, keepalive
-
-    ka = doc["keepalive"]
-    t, timeout = int(ka["time_s"]), int(ka["timeout_s"])
-    client, interceptors = keepalive.client_options(t, timeout), []
-    tls = doc.get("tls") or {}
-    if tls.get("enabled"):
-        from .. import trust
-
-        if doc["role"] == "supernode":
-            client = [*client, ("grpc.primary_user_agent", _trust_agent(tls["ca_certfile"]))]
-        else:
-            interceptors.append(trust.interceptor(Path(doc["state_dir"]) / trust.REPORT))
-    layer = grpc_patch.install(client, keepalive.server_options(t, timeout), server_interceptors=interceptors)
-    log.info("gRPC keepalive %ss/%ss installed on the %s layer (self-test passed)", t, timeout, layer)
-    return layer
-
-
-def _trust_agent(ca_file: str) -> str:
-    """The user agent that tells the SuperLink which CAs this SuperNode trusts (a CA rotation waits
-    for it); empty when the file cannot be read (check_files names that)."""
-    from .. import trust
-    from ..files import read_file
-
+def install_keepalive(doc: dict[str, Any], era: Any = None) -> str:
+    """Install the era's hooks (keepalive; the Fleet-only listener on an HTTP-era SuperLink)."""
+    era = era if era is not None else era_of()
     try:
-        return trust.user_agent(read_file(ca_file))
-    except (OSError, FlowerCtxError):
-        return ""
+        return str(era.install(doc))
+    except FlowerCtxError as exc:
+        raise RunError(f"cannot start Flower: {exc}") from None
+
 
 
 def _quiet_foreign_logs(level: str) -> None:
@@ -247,11 +203,21 @@ def run_role(role: str, paths: Paths) -> Any:
     if doc.get("flower_version") and doc["flower_version"] != installed:
         log.warning("FLOWER_VERSION is %s but Flower %s is installed: running %s",
                     doc["flower_version"], installed, installed)
-    argv = flower_argv(doc)
+    era = era_of(installed)
+    argv = flower_argv(doc, installed)
     check_files(doc)
     _quiet_foreign_logs(doc.get("log_level", "INFO"))
+    if doc["role"] == "superlink":
+        from ..runtime import statedb
+
+        try:
+            for line in statedb.prepare(Path(doc["database"]), installed):
+                log.warning("%s", line)
+        except statedb.StateDbError as exc:
+            raise RunError(str(exc)) from None
     prepare_environment(doc)
-    install_keepalive(doc)
+    install_keepalive(doc, era)
+    log.info("Flower %s, %s era: %s", installed, era.name, era.summary)
     tls = doc.get("tls") or {}
     if doc["role"] == "superlink" and tls.get("enabled"):
         from .. import certreload
@@ -268,7 +234,7 @@ def run_role(role: str, paths: Paths) -> Any:
 @click.option("--root", "root", type=NonEmptyPath(file_okay=False, path_type=Path), default=None,
               help="Read the runtime configuration from this staging tree (written by configure --root).")
 def command(role: str, root: Path | None) -> None:
-    """Run the Flower ROLE (superlink or supernode) in this process with the agent's gRPC keepalive.
+    """Run the Flower ROLE (superlink or supernode) in this process with the agent's keepalive.
 
     Reads /opt/flower/config/ROLE.json written by `flower-ctx configure`.
     """

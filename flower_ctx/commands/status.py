@@ -47,7 +47,14 @@ def render(f: dict[str, Any]) -> list[str]:
                 rows.append(("run", f"{r['run_id']} {r['app']} {r['status']}"))
     ka = f.get("keepalive") or {}
     if ka:
-        rows.append(("keepalive", f"ping every {ka.get('time_s')}s, dead after {ka.get('timeout_s')}s without ACK"))
+        from ..runtime.eras import HTTP, UnsupportedFlower, for_version, keepalive_summary
+
+        try:
+            http = for_version(fv["installed"]) is HTTP
+        except UnsupportedFlower:
+            http = False
+        rows.append(("keepalive", keepalive_summary(fv["installed"], int(ka["time_s"]), int(ka["timeout_s"])) if http
+                     else f"ping every {ka.get('time_s')}s, dead after {ka.get('timeout_s')}s without ACK"))
     tls = f["tls"]
     if not tls["enabled"]:
         rows.append(("tls", "off"))

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import FlowerCtxError
-from .keepalive import describe, merge_options
+from ..errors import FlowerCtxError
+from .grpc_keepalive import describe, merge_options
 
 log = logging.getLogger("flower_ctx.grpc_patch")
 

@@ -12,12 +12,13 @@ common keys
   keepalive         {"time_s": int, "timeout_s": int}          FL_GRPC_KEEPALIVE_TIME / _TIMEOUT
   tls               {"enabled": bool, "ca_certfile": path|null, "certfile": path|null, "keyfile": path|null}
                     (SuperNode: only ca_certfile, the CA it trusts)
-  http_api          {"host": str, "port": int}   Flower's own HTTP API (Runtime/Control), loopback
+  http_api          {"host": str, "port": int}   Flower's own HTTP API (Control, Runtime; 1.40+ also Fleet), loopback
   health_server_address  "host:port" | null      Flower's optional gRPC health server
   wg_address        "10.10.9.66/26" | null        this VM's tunnel address (derived from a pool or given)
   runtime_dependency_install  bool (absent: false)  FL_RUNTIME_DEPENDENCY_INSTALL: Flower may uv-sync app deps
 superlink only
-  fleet_api_address "0.0.0.0:9092"               the Fleet API (gRPC), the only non-loopback listener
+  fleet_api_address "0.0.0.0:9092"               the Fleet API, the only non-loopback listener: Flower's gRPC
+                                                server (1.39) or flower-ctx's Fleet-only HTTP listener (1.40+)
   state_dir         path                          SuperLink state directory (0700 flower)
   supernode_auth    bool                          Flower's SuperNode authentication (--enable-supernode-auth)
   database          path                          SQLite database (FL_DATABASE under /opt/flower)
@@ -35,12 +36,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import ApplyError, FlowerCtxError
-from .files import Outcome, ensure_dir, exists, is_dir, read_file, write_file
-from .model import Config, HostPort, Role
-from .paths import Paths
-from .plan import Change, StepResult
-from .values import show
+from ..errors import ApplyError, FlowerCtxError
+from ..files import Outcome, ensure_dir, exists, is_dir, read_file, write_file
+from ..model import Config, HostPort, Role
+from ..paths import Paths
+from ..plan import Change, StepResult
+from ..values import show
 
 SCHEMA = 1
 FLEET_API_ADDRESS = "0.0.0.0:9092"
@@ -119,7 +120,7 @@ def _int_ok(v: Any, lo: int, hi: int) -> bool:
 
 
 def _address_ok(v: Any) -> bool:
-    from .values import Invalid, host_port
+    from ..values import Invalid, host_port
 
     if not isinstance(v, str):
         return False
@@ -170,6 +171,10 @@ def problems(doc: Any, role: str) -> list[str]:
     need("health_server_address", hs is None or _address_ok(hs), "must be null or host:port")
     if role == "superlink":
         need("fleet_api_address", _address_ok(doc.get("fleet_api_address")), "must be host:port")
+        if _address_ok(doc.get("fleet_api_address")) and isinstance(http, dict):
+            port = str(doc["fleet_api_address"]).rsplit(":", 1)[1]
+            need("fleet_api_address", port != str(http.get("port")),
+                 "must not use the port of Flower's loopback HTTP API (http_api)")
         need("state_dir", _path_ok(doc.get("state_dir")), "must be an absolute path")
         need("database", _path_ok(doc.get("database")), "must be an absolute path")
         need("supernode_auth", isinstance(doc.get("supernode_auth", False), bool), "must be true or false")
@@ -186,7 +191,7 @@ def problems(doc: Any, role: str) -> list[str]:
 
 
 def node_config_ok(text: str) -> bool:
-    from .values import Invalid, node_config
+    from ..values import Invalid, node_config
 
     if not text:
         return True
@@ -200,7 +205,7 @@ def node_config_ok(text: str) -> bool:
 def read(paths: Paths, role: str) -> dict[str, Any] | None:
     """The runtime configuration of ``role`` on this machine; None when configure has not written
     one. A damaged file raises RuntimeConfigError naming it (a re-run of configure rewrites it)."""
-    from .files import read_file
+    from ..files import read_file
 
     path = paths.runtime_config(role)
     fix = f"run `flower-ctx configure --role {role}` to rewrite it"

@@ -1,0 +1,84 @@
+"""Which Python runs which Flower. A virtualenv holds one flwr, so the suite uses two (test.sh makes
+both): the main ``.venv`` (pytest, and Flower 1.39 through the ``flower139`` extra, which the
+three-zone lab and the gRPC-era tests use) and ``.venv-flwr142`` (flower-ctx in editable mode with
+the ``flower`` extra, Flower 1.42). Tests of an era start Flower, ``flower-ctx run`` and ``flwr``
+as subprocesses of that era's Python, found here:
+
+- this interpreter, when its flwr is of the wanted minor release;
+- ``$FLOWER_CTX_PYTHON_<MAJOR><MINOR>`` (e.g. FLOWER_CTX_PYTHON_142), an interpreter to use;
+- ``<repo>/.venv-flwr<MAJOR><MINOR>/bin/python``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ERAS = {"1.39": "grpc", "1.42": "http"}
+
+
+def _minor_of(python: str) -> str | None:
+    if python == sys.executable:
+        try:
+            from importlib import metadata
+
+            version = metadata.version("flwr")
+        except Exception:
+            return None
+    else:
+        try:
+            out = subprocess.run([python, "-c", "import importlib.metadata as m; print(m.version('flwr'))"],
+                                 capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if out.returncode != 0:
+            return None
+        version = out.stdout.strip()
+    return ".".join(version.split(".")[:2])
+
+
+@functools.cache
+def flower_python(minor: str) -> str | None:
+    """An interpreter whose flwr is ``minor`` (e.g. "1.42") and that imports flower_ctx; None if none."""
+    digits = minor.replace(".", "")
+    candidates = [sys.executable, os.environ.get(f"FLOWER_CTX_PYTHON_{digits}", ""),
+                  str(REPO / f".venv-flwr{digits}" / "bin" / "python")]
+    for python in candidates:
+        if python and (python == sys.executable or Path(python).is_file()) and _minor_of(python) == minor:
+            return python
+    return None
+
+
+def bin_dir(python: str) -> Path:
+    """The virtualenv's bin/ (flower-supernode, flwr, flower-superexec) of ``python``."""
+    return Path(python).parent
+
+
+def flower_env(python: str, **extra: str) -> dict[str, str]:
+    """Environment for Flower's own console scripts of that virtualenv."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+           "PATH": f"{bin_dir(python)}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.update(extra)
+    return env
+
+
+def ctx_argv(python: str, *args: str) -> list[str]:
+    """``flower-ctx ARGS`` with that interpreter (the source tree of this checkout)."""
+    return [python, "-m", "flower_ctx.cli", *args]
+
+
+def requires(minor: str) -> pytest.MarkDecorator:
+    where = f".venv-flwr{minor.replace('.', '')}"
+    return pytest.mark.skipif(flower_python(minor) is None,
+                              reason=f"needs a Python with flwr {minor} ({where}, made by test.sh)")
+
+
+requires_flower_139 = requires("1.39")
+requires_flower_142 = requires("1.42")
