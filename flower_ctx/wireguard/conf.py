@@ -32,7 +32,9 @@ def render(wg: WgConfig, key_path: PurePosixPath, wg_dir: PurePosixPath) -> str:
         "[Interface]",
         f"Address = {wg.address}",
         f"ListenPort = {wg.listen_port}",
-        f"MTU = {wg.mtu}",
+        f"MTU = {wg.mtu}" if wg.mtu is not None else
+        "# no MTU: FL_WG_MTU is empty, so it is derived from the underlay (route MTU to the endpoints - 80),\n"
+        "# as wg-quick does too",
         f"PostUp = wg set %i private-key {key_path}",
     ]
     for peer in wg.peers:
