@@ -65,7 +65,7 @@ def test_json_output(stage: Path) -> None:
     doc = json.loads(out.stdout)
     assert doc["changed"] is True
     assert [s["name"] for s in doc["steps"]] == [
-        "identity", "flower", "tls", "node key", "wireguard", "firewall", "runtime"]
+        "identity", "flower", "tls", "node key", "wireguard", "gateway routes", "firewall", "runtime"]
     assert doc["steps"][2]["facts"]["ca_fingerprint"].startswith("sha256:")
 
 
