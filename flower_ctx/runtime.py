@@ -73,13 +73,14 @@ def database_path(config: Config, paths: Paths) -> Path:
     return paths.flower_home / config.database
 
 
-def _gateway_config(config: Config, paths: Paths) -> dict[str, Any]:
+def _gateway_config(config: Config, paths: Paths, probe_source: str | None) -> dict[str, Any]:
     from .underlay import routed
 
     wg = config.wg
     assert wg is not None  # validation: a gateway always has wg0
     routes = set().union(*(routed(wg.address.network, p.allowed_ips) for p in wg.peers))
-    source = next((str(n.ip) for n in sorted(config.nics, key=lambda n: n.index) if n.ip is not None), None)
+    source = probe_source or next((str(n.ip) for n in sorted(config.nics, key=lambda n: n.index)
+                                   if n.ip is not None), None)
     has_ca = config.tls_enabled and config.pki.ca_pem is not None
     return {
         "schema": SCHEMA,
@@ -94,10 +95,11 @@ def _gateway_config(config: Config, paths: Paths) -> dict[str, Any]:
     }
 
 
-def build_runtime_config(config: Config, paths: Paths, *, superlink_address: HostPort | None = None) -> dict:
+def build_runtime_config(config: Config, paths: Paths, *, superlink_address: HostPort | None = None,
+                         probe_source: str | None = None) -> dict:
     """The runtime configuration of ``config.role`` (schema in the module docstring)."""
     if config.role is Role.GATEWAY:
-        return _gateway_config(config, paths)
+        return _gateway_config(config, paths, probe_source)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "role": config.role.value,
@@ -308,7 +310,13 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False,
           superlink_address: HostPort | None = None) -> StepResult:
     """Write the runtime configuration (and the SuperLink state directory)."""
     result = StepResult("runtime")
-    doc = build_runtime_config(config, paths, superlink_address=superlink_address)
+    probe_source = None
+    if config.role is Role.GATEWAY:
+        from .gateway.zone import zone_address
+
+        probe_source = zone_address(config, paths)
+        result.facts["zone_address"] = str(probe_source)
+    doc = build_runtime_config(config, paths, superlink_address=superlink_address, probe_source=probe_source)
     try:
         if config.role is Role.SUPERLINK:
             result.changes.append(_planned_dir(paths.state_dir, dry_run, 0o700, FLOWER_USER))
