@@ -276,6 +276,16 @@ def test_routes_that_would_cut_the_underlay_are_refused(site: GatewaySite) -> No
     values = {**site.hub_values, "FL_WG_PEERS": bad}
     r = configure(hub, "superlink", write_context(site.ctx_dir / "hub" / "own.sh", values))
     assert r.returncode == 2 and "this VM's own network on ETH0" in r.stderr
+    # A zone network that holds the gateway's own underlay address (the endpoint the hub learnt):
+    # the hub would send the tunnel into itself.
+    state = hub_state(site)
+    bad = peers_b64({"PublicKey": site.gw_key[1], "AllowedIPs": f"{GW_WG}/32, {LAN_NET}, 198.18.2.0/24"})
+    values = {**site.hub_values, "FL_WG_PEERS": bad}
+    r = configure(hub, "superlink", write_context(site.ctx_dir / "hub" / "endpoint.sh", values))
+    assert r.returncode == 1 and "nothing changed" in r.stderr, r.stderr
+    assert "contains 198.18.2.2, the address peer" in r.stderr and "(learned endpoint)" in r.stderr
+    assert hub_state(site)["peers"] == state["peers"] and hub_state(site)["routes"] == state["routes"]
+    assert configure(hub, "superlink", site.hub_ctx()).returncode == 0  # clears the recorded failure
 
 
 # --- the gateway restarting --------------------------------------------------------------------------

@@ -341,6 +341,7 @@ def _apply_live(
                 return _dry_run_missing(wg, desired, report, warnings, mtu)
             kind = _create_interface(ipr, paths, report)
         backend = _Backend(kind, paths)
+        _refuse_learned_endpoints(wg, desired, backend.read())
         if report.dry_run:
             dplan = plan_device(desired, backend.read())
         else:
@@ -379,6 +380,26 @@ def _refuse_underlay_routes(wg: WgConfig, desired: DesiredDevice, ipr: Any, path
     keep = [(f"the endpoint of peer {short(p.public_key)}", ipaddress.ip_address(p.endpoint[0]))
             for p in desired.peers if p.endpoint is not None]
     keep += [("the VM's default gateway", gw) for gw in link.default_gateways(ipr)]
+    found = underlay.problems(routes, keep)
+    if found:
+        raise ApplyError(f"{IFNAME}: nothing changed: " + "; ".join(found))
+
+
+def _refuse_learned_endpoints(wg: WgConfig, desired: DesiredDevice, current: DeviceState) -> None:
+    """A hub learns its spokes' endpoints from their handshakes. An AllowedIP that contains one (a
+    zone's network that holds its gateway's own underlay address) routes the tunnel's packets to that
+    peer into the tunnel itself: refused before anything changes, naming the peer."""
+    import ipaddress
+
+    from .. import underlay
+
+    routes, _ = desired_routes(wg.address, desired.peers)
+    keep = []
+    for p in desired.peers:
+        have = current.peers.get(p.public_key)
+        if p.endpoint is None and have is not None and have.endpoint is not None:
+            keep.append((f"the address peer {short(p.public_key)} sends its tunnel from (learned endpoint)",
+                         ipaddress.ip_address(have.endpoint[0])))
     found = underlay.problems(routes, keep)
     if found:
         raise ApplyError(f"{IFNAME}: nothing changed: " + "; ".join(found))
