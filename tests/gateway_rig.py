@@ -15,6 +15,10 @@ with one peer, the hub; SuperNodes have no tunnel: ``FL_GATEWAY_ROUTES=10.10.9.0
 gateway (given, or found through the OneGate double of their OneFlow service). The hub admits the
 zone with one peer: the gateway's tunnel address and the zone's network.
 
+With ``hub_gateway=True`` zone 1 has a hub gateway instead (``hgw``: eth0 198.18.1.2, eth1
+192.168.1.1, wg0 10.10.9.1) and the SuperLink (``link``, 192.168.1.5, no WireGuard) behind it on zone 1's
+network, routing the tunnel and zone 2's network back through it; SuperNodes dial 192.168.1.5.
+
 Traffic stays inside the namespaces: a TLS listener on the hub's tunnel address (the Fleet port) and
 clients in the SuperNode VMs.
 """
@@ -37,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 HUB_WG, GW_WG = "10.10.9.1", "10.10.9.2"
 TUNNEL_NET = "10.10.9.0/24"
 LAN_NET, GW_LAN = "192.168.2.0/24", "192.168.2.1"
+A_NET, HUB_LAN, LINK_LAN = "192.168.1.0/24", "192.168.1.1", "192.168.1.5"  # zone 1 behind a hub gateway
 FLEET_PORT = 9092
 
 # A TLS server in the hub VM on the Fleet port. Per connection, the first line says what to do:
@@ -170,7 +175,9 @@ class GatewaySite:
     ctx_dir: Path
     wan_mtu: int = 1500
     lan_mtu: int = 1500
-    hub: SimVM | None = None
+    hub: SimVM | None = None  # the WireGuard hub: the SuperLink, or zone 1's hub gateway
+    superlink: SimVM | None = None  # where the Fleet port listens (the hub, or the SuperLink behind it)
+    superlink_host: str = HUB_WG  # what SuperNodes dial
     gw: SimVM | None = None
     supernodes: dict[str, SimVM] = field(default_factory=dict)
     lan: str = ""
@@ -183,6 +190,7 @@ class GatewaySite:
     onegate: Any = None  # tests.onegate_server.OneGateServer when built with onegate=True
     onegate_service: Any = None
     servers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    behind: str = TUNNEL_NET  # the networks behind the tunnel, as zone 2 routes them
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -209,26 +217,32 @@ class GatewaySite:
         allowed = f"{GW_WG}/32" + (f", {zone_net}" if zone_net else "")
         return {"PublicKey": self.gw_key[1], "AllowedIPs": allowed}
 
-    def build(self, supernodes: int = 2, *, onegate: bool = False, gw_firewall: bool = True) -> GatewaySite:
+    def build(self, supernodes: int = 2, *, onegate: bool = False, gw_firewall: bool = True,
+              hub_gateway: bool = False) -> GatewaySite:
         rig = self.rig
-        self.hub = rig.add_vm("hub", 1)
+        self.hub = rig.add_vm("hgw" if hub_gateway else "hub", 1)
         self.gw = rig.add_vm("gw", 2, mtu=self.wan_mtu)
         self.lan = rig.add_lan("2", LAN_NET, router_host=254 if onegate else None, mtu=self.lan_mtu)
         rig.add_nic(self.gw, self.lan, "eth1", f"{GW_LAN}/24", mtu=self.lan_mtu)
         self.gw_key = wg_keypair()
-        # Zone A: the SuperLink is the hub; its key is generated on the VM.
-        self.hub_values = {
-            "ETH0_IP": str(self.hub.eth0_ip), "ETH0_MASK": "255.255.255.0",
-            "FL_TLS_ENABLED": "YES", "FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": f"{HUB_WG}/24",
-            "FL_WG_PEERS": peers_b64(self.hub_peer()),
-        }
-        r = configure(self.hub, "superlink", self.hub_ctx())
-        assert r.returncode == 0, r.stderr
+        if hub_gateway:
+            self._zone_a_behind_a_hub_gateway()
+        else:
+            # Zone A: the SuperLink is the hub; its key is generated on the VM.
+            self.hub_values = {
+                "ETH0_IP": str(self.hub.eth0_ip), "ETH0_MASK": "255.255.255.0",
+                "FL_TLS_ENABLED": "YES", "FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": f"{HUB_WG}/24",
+                "FL_WG_PEERS": peers_b64(self.hub_peer()),
+            }
+            r = configure(self.hub, "superlink", self.hub_ctx())
+            assert r.returncode == 0, r.stderr
+            self.superlink, self.superlink_host = self.hub, HUB_WG
+            self.ca_b64 = base64.b64encode(self.hub.path("/opt/flower/certs/ca.crt").read_bytes()).decode()
         self.hub_pub = self.hub.run(["wg", "show", "wg0", "public-key"]).stdout.strip()
-        self.ca_b64 = base64.b64encode(self.hub.path("/opt/flower/certs/ca.crt").read_bytes()).decode()
-        self.serve_tls()
+        self.serve_tls(self.superlink_host)
         if onegate:
             self._start_onegate()
+        behind = f"{TUNNEL_NET},{A_NET}" if hub_gateway else TUNNEL_NET
         # Zone B's gateway: one peer, the hub; the SuperLink check goes to what SuperNodes dial.
         self.gw_values = {
             "ETH0_IP": str(self.gw.eth0_ip), "ETH0_MASK": "255.255.255.0",
@@ -236,16 +250,40 @@ class GatewaySite:
             "FL_APPLIANCE_ROLE": "gateway",
             "FL_WG_ADDRESS": f"{GW_WG}/24", "FL_WG_PRIVATE_KEY": self.gw_key[0],
             "FL_WG_PEER_PUBLIC_KEY": self.hub_pub, "FL_WG_PEER_ENDPOINT": f"{self.hub.eth0_ip}:51820",
-            "FL_WG_PEER_ALLOWED_IPS": TUNNEL_NET,
-            "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:{FLEET_PORT}", "FL_SSL_CA_CERTFILE": self.ca_b64,
+            "FL_WG_PEER_ALLOWED_IPS": behind,
+            "FL_SUPERLINK_ADDRESS": f"{self.superlink_host}:{FLEET_PORT}", "FL_SSL_CA_CERTFILE": self.ca_b64,
             "FL_FIREWALL": "YES" if gw_firewall else "NO",
         }
+        self.behind = behind
         self._onegate_access("gw", self.gw_values)
         r = configure(self.gw, "gateway", self.gw_ctx())
         assert r.returncode == 0, r.stderr
         for i in range(supernodes):
             self.add_supernode(f"sn{i + 1}")
         return self
+
+    def _zone_a_behind_a_hub_gateway(self) -> None:
+        """Zone 1: the SuperLink on its own network behind a hub gateway (no WireGuard on the SuperLink)."""
+        rig, hub = self.rig, self.hub
+        assert hub is not None
+        lan1 = rig.add_lan("1", A_NET)
+        rig.add_nic(hub, lan1, "eth1", f"{HUB_LAN}/24")
+        link = rig.add_lan_vm("link", lan1, f"{LINK_LAN}/24", zone=1)
+        self.superlink, self.superlink_host = link, LINK_LAN
+        # The SuperLink routes the tunnel and zone 2 back through the hub gateway; its certificate
+        # names its own address (ETH0_IP): nothing for FL_CERT_EXTRA_SAN.
+        r = configure(link, "superlink", self.ctx("link", {
+            "ETH0_IP": LINK_LAN, "ETH0_MASK": "255.255.255.0", "FL_TLS_ENABLED": "YES",
+            "FL_GATEWAY_ROUTES": f"{TUNNEL_NET},{LAN_NET}", "FL_GATEWAY_ADDRESS": HUB_LAN}))
+        assert r.returncode == 0, r.stderr
+        self.ca_b64 = base64.b64encode(link.path("/opt/flower/certs/ca.crt").read_bytes()).decode()
+        self.hub_values = {
+            "ETH0_IP": str(hub.eth0_ip), "ETH0_MASK": "255.255.255.0", "ETH1_IP": HUB_LAN, "ETH1_MASK": "255.255.255.0",
+            "FL_APPLIANCE_ROLE": "gateway", "FL_WG_ADDRESS": f"{HUB_WG}/24", "FL_WG_PEERS": peers_b64(self.hub_peer()),
+            "FL_SUPERLINK_ADDRESS": f"{LINK_LAN}:{FLEET_PORT}", "FL_SSL_CA_CERTFILE": self.ca_b64,
+        }
+        r = configure(hub, "gateway", self.hub_ctx())
+        assert r.returncode == 0, r.stderr
 
     def add_supernode(self, name: str, *, via_onegate: bool | None = None) -> SimVM:
         """A SuperNode VM on zone 2's network with no tunnel: routes via the gateway, then configure."""
@@ -255,8 +293,8 @@ class GatewaySite:
         use_onegate = self.onegate is not None if via_onegate is None else via_onegate
         self.sn_values[name] = {
             "ETH0_IP": f"192.168.2.{host}", "ETH0_MASK": "255.255.255.0",
-            "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:{FLEET_PORT}", "FL_SSL_CA_CERTFILE": self.ca_b64,
-            "FL_GATEWAY_ROUTES": TUNNEL_NET,
+            "FL_SUPERLINK_ADDRESS": f"{self.superlink_host}:{FLEET_PORT}", "FL_SSL_CA_CERTFILE": self.ca_b64,
+            "FL_GATEWAY_ROUTES": self.behind,
             "FL_GATEWAY_ADDRESS": "" if use_onegate else GW_LAN,
         }
         if use_onegate:
@@ -295,15 +333,16 @@ class GatewaySite:
     # -- traffic -------------------------------------------------------------------------------------
 
     def serve_tls(self, addr: str = HUB_WG, port: int = FLEET_PORT) -> None:
-        assert self.hub is not None
-        proc = self.hub.popen([sys.executable, "-c", TLS_SERVER, addr, str(port), "/opt/flower/certs/server.pem",
+        assert self.superlink is not None
+        proc = self.superlink.popen([sys.executable, "-c", TLS_SERVER, addr, str(port), "/opt/flower/certs/server.pem",
                                "/opt/flower/certs/server.key"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.servers.append(proc)
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"listening"
 
-    def tls_transfer(self, vm: SimVM, size: int = 1 << 20, host: str = HUB_WG, timeout: float = 20,
+    def tls_transfer(self, vm: SimVM, size: int = 1 << 20, host: str | None = None, timeout: float = 20,
                      ca: str = "/opt/flower/certs/ca.crt") -> tuple[bool, float, str, int, int]:
-        """(verified and intact, seconds, source address the hub saw, client MSS, server MSS)."""
+        """(verified and intact, seconds, source address the SuperLink saw, client MSS, server MSS)."""
+        host = host or self.superlink_host
         r = vm.run([sys.executable, "-c", TLS_CLIENT, host, str(FLEET_PORT), str(size), str(timeout), ca],
                    check=False, timeout=timeout + 60)
         if r.returncode != 0:
@@ -312,7 +351,8 @@ class GatewaySite:
         return ok == "True", float(dt), peer, int(mss), int(server_mss)
 
     def echo_client(self, vm: SimVM, duration: float, period: float = 0.05) -> subprocess.Popen[str]:
-        return vm.popen([sys.executable, "-c", ECHO_CLIENT, HUB_WG, str(FLEET_PORT), "/opt/flower/certs/ca.crt",
+        return vm.popen([sys.executable, "-c", ECHO_CLIENT, self.superlink_host, str(FLEET_PORT),
+                         "/opt/flower/certs/ca.crt",
                          str(duration), str(period)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     # -- a gateway reboot: wg0 gone, forwarding and its nft table reset, then the boot's configure ----

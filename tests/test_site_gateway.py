@@ -405,3 +405,49 @@ def test_mtu_derived_from_a_1450_underlay_does_not_fragment(tmp_path: Path) -> N
             sink.wait()
             if sink.stdout:
                 sink.stdout.close()
+
+
+# --- the coordinator side: a hub gateway in zone A, the SuperLink on its private address ------------------
+
+
+def test_hub_gateway_in_zone_a_routes_to_the_superlinks_private_address(tmp_path: Path) -> None:
+    """Zone 1 with a hub gateway and the SuperLink (no WireGuard) behind it on 192.168.1.0/24; zone 2
+    with its gateway. SuperNodes dial the SuperLink's private address, which its certificate names
+    already (no FL_CERT_EXTRA_SAN); the SuperLink routes the tunnel and zone 2 back through the hub
+    gateway (FL_GATEWAY_ROUTES); the hub gateway's check starts from its tunnel address."""
+    from tests.gateway_rig import A_NET, HUB_LAN, LINK_LAN
+
+    with Rig("fchgw") as rig:
+        site = GatewaySite(rig, tmp_path)
+        try:
+            site.build(supernodes=2, hub_gateway=True)
+            hub, link = site.hub, site.superlink
+            assert hub is not None and link is not None
+            assert link.run(["ip", "link", "show", "wg0"], check=False).returncode != 0
+            assert f"{TUNNEL_NET} via {HUB_LAN} dev eth0 proto 77" in ip(link, "route")
+            assert f"{LAN_NET} via {HUB_LAN} dev eth0 proto 77" in ip(link, "route")
+            sans = json.loads(flower_ctx(link, "status", "--json").stdout)["tls"]["server"]["sans"]
+            assert f"IP:{LINK_LAN}" in sans
+            for sn in site.supernodes.values():
+                assert f"{A_NET} via {GW_LAN} dev eth0 proto 77" in ip(sn, "route")
+                ok, _, seen_from, *_ = site.tls_transfer(sn, 1 << 20)
+                assert ok and seen_from == str(sn.eth0_ip)
+            for gw, source in ((hub, "10.10.9.1"), (site.gw, GW_LAN)):
+                assert gw is not None
+                st = json.loads(flower_ctx(gw, "status", "--json").stdout)["gateway"]
+                assert st["problems"] == [] and st["superlink"]["ok"] and st["superlink"]["from"] == source, st
+            # The SuperLink without its route back for the tunnel network: the hub gateway names it.
+            values = {"ETH0_IP": LINK_LAN, "ETH0_MASK": "255.255.255.0", "FL_TLS_ENABLED": "YES",
+                      "FL_GATEWAY_ROUTES": LAN_NET, "FL_GATEWAY_ADDRESS": HUB_LAN}
+            r = configure(link, "superlink", site.ctx("link", values))
+            assert r.changes("gateway routes") == [f"route {TUNNEL_NET} via {HUB_LAN}\tremoved"]
+            doc = flower_ctx(hub, "doctor", "--json", "--context", str(site.hub_ctx()))
+            (check,) = [c for c in json.loads(doc.stdout)["checks"] if c["name"] == "superlink"]
+            assert check["level"] == "problem" and "does not route the tunnel's networks back" in check["message"]
+            assert "FL_GATEWAY_ROUTES" in check["fix"]
+            values["FL_GATEWAY_ROUTES"] = f"{TUNNEL_NET},{LAN_NET}"
+            assert configure(link, "superlink", site.ctx("link", values)).returncode == 0
+            st = json.loads(flower_ctx(hub, "status", "--json").stdout)["gateway"]
+            assert st["superlink"]["ok"], st
+        finally:
+            site.close()

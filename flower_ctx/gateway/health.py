@@ -86,10 +86,15 @@ def _probe(doc: dict[str, Any], paths: Paths, timeout: float) -> dict[str, Any] 
     out = {"address": str(target), "from": source, "ok": ok, "kind": kind, "message": message}
     if not ok and source and kind == "unreachable":
         alone, _, _ = once(None)
-        if alone:
+        if alone and doc.get("dials"):
             out["hub_routes_zone"] = False
             out["message"] = (f"{target} answers from this gateway's tunnel address but not from its zone address "
                               f"{source}: the hub does not route this zone's network back through the tunnel")
+        elif alone:
+            out["superlink_routes_back"] = False
+            out["message"] = (f"{target} answers this hub gateway on its own network but not from the tunnel "
+                              f"address {source}: the SuperLink does not route the tunnel's networks back through "
+                              "this gateway")
     return out
 
 
@@ -159,6 +164,9 @@ def inspect(paths: Paths, *, timeout: float = 3.0, now: float | None = None) -> 
         if st.superlink.get("hub_routes_zone") is False:
             net = zone_network(st.superlink.get("from")) or "this zone's network"
             fix = f"on the hub, add {net} to the AllowedIPs of this gateway's [Peer] (one peer per zone gateway)"
+        elif st.superlink.get("superlink_routes_back") is False:
+            fix = ("on the SuperLink, set FL_GATEWAY_ROUTES to the tunnel network and every zone's network, via "
+                   "this gateway (FL_GATEWAY_ADDRESS: its address on the SuperLink's network)")
         else:
             fix = ("check the SuperLink (flower-ctx status there) and the hub; the SuperNodes behind this gateway "
                    "dial the same address")

@@ -1,9 +1,13 @@
-"""The gateway's address on its zone's VM network: where its SuperLink check starts from.
+"""Where a gateway's SuperLink check starts from: the address its SuperNodes' packets come from.
 
-With one NIC (the usual OpenNebula zone: the gateway and the SuperNodes on one private network, the
-hub dialled through the zone's NAT) it is that NIC's address. With several, it is the first NIC
-address (CONTEXT ``ETHn_IP``) not on the interface that carries the tunnel (the route to the hub's
-endpoint): the SuperNodes are on the other side.
+A site gateway (it dials the hub): its address on the zone's VM network. With one NIC (the usual
+OpenNebula zone: the gateway and the SuperNodes on one private network, the hub dialled through the
+zone's NAT) that NIC's; with several, the first NIC address (CONTEXT ``ETHn_IP``) not on the interface
+that carries the tunnel (the route to the hub's endpoint): the SuperNodes are on the other side.
+
+A hub gateway (it dials no one: the zones' gateways dial it): its tunnel address. Packets from the
+zones reach the SuperLink from the tunnel side, and the check then needs the SuperLink's routes back
+through this gateway, as theirs do.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ from ..paths import Paths
 
 def zone_address(config: Config, paths: Paths) -> str | None:
     nics = [str(n.ip) for n in sorted(config.nics, key=lambda n: n.index) if n.ip is not None]
+    if config.wg is not None and not any(p.endpoint is not None for p in config.wg.peers):
+        return str(config.wg.address.ip)  # a hub gateway
     if len(nics) <= 1 or paths.staged or config.wg is None:
         return nics[0] if nics else None
     endpoints = [p.endpoint.ip for p in config.wg.peers if p.endpoint is not None and p.endpoint.ip is not None]
-    if not endpoints:
+    if not endpoints:  # names only: resolved at apply time, not here
         return nics[0]
     from ..wireguard.link import open_iproute
 
