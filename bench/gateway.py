@@ -71,6 +71,24 @@ def mbit(size: int, seconds: float) -> float:
     return size * 8 / seconds / 1e6
 
 
+def wg_cpu(*vms: object) -> float:
+    """CPU seconds (user + system) the wireguard-go daemons of these VMs have used so far: a figure
+    the machine's other load does not inflate the way it does wall-clock throughput."""
+    import os
+
+    total = 0
+    for vm in vms:
+        for pid in vm.pids():  # type: ignore[attr-defined]
+            try:
+                if not Path(f"/proc/{pid}/comm").read_text().startswith("wireguard-go"):
+                    continue
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def paths(runs: int, mb: int, mtu: int, tmp: Path) -> None:
     size = mb << 20
     with Rig("fcbgw") as rig:
@@ -100,15 +118,20 @@ def paths(runs: int, mb: int, mtu: int, tmp: Path) -> None:
             for vm, host in cases.values():  # warm up (handshakes, ARP)
                 assert site.tls_transfer(vm, 1 << 16, host=host)[0]
             times: dict[str, list[float]] = {k: [] for k in cases}
+            cpus: dict[str, list[float]] = {k: [] for k in cases}
+            tunnel_vms = {"gateway": (site.gw, site.hub), "own tunnel": (tun, site.hub), "public": ()}
             for _ in range(runs):
                 for name, (vm, host) in cases.items():
+                    cpu = wg_cpu(*tunnel_vms[name])
                     ok, seconds, *_ = site.tls_transfer(vm, size, host=host, timeout=120)
                     assert ok, name
                     times[name].append(seconds)
+                    cpus[name].append(wg_cpu(*tunnel_vms[name]) - cpu)
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"\n1. {mb} MB model update over TLS to the hub's Fleet port, underlay MTU {mtu}, median of {runs}")
             for name, seconds in med.items():
-                print(f"   {name:<11} {seconds:7.3f} s  {mbit(size, seconds):6.0f} Mbit/s")
+                print(f"   {name:<11} {seconds:7.3f} s  {mbit(size, seconds):6.0f} Mbit/s  "
+                      f"wireguard-go CPU (both ends) {statistics.median(cpus[name]):5.2f} s")
             print(f"   ratio gateway / own tunnel throughput: {med['own tunnel'] / med['gateway']:.2f}")
             print(f"   ratio gateway / public path throughput: {med['public'] / med['gateway']:.2f}")
             print(f"   ratio own tunnel / public path throughput: {med['public'] / med['own tunnel']:.2f}")
@@ -139,20 +162,23 @@ def mtu_figures(runs: int, mtu: int, tmp: Path) -> None:
             assert sink.stdout is not None and sink.stdout.readline().strip() == b"listening"
             variants = {f"derived {mtu - 80} (underlay - 80)": 0, f"IPv4-only {mtu - 60} (underlay - 60)": mtu - 60,
                         "fixed 1420 (old default)": 1420}
-            results: dict[str, tuple[list[float], list[int]]] = {k: ([], []) for k in variants}
+            results: dict[str, tuple[list[float], list[int], list[float]]] = {k: ([], [], []) for k in variants}
             for _ in range(runs):
                 for name, wg_mtu in variants.items():
                     setup(wg_mtu)
-                    before = snmp(b)
+                    before, cpu = snmp(b), wg_cpu(a, b)
                     r = b.run([sys.executable, "-c", TCP_SEND, "10.10.7.1", "9000", str(size)], timeout=120)
                     results[name][0].append(float(r.stdout))
                     results[name][1].append(snmp(b)["Ip:FragCreates"] - before["Ip:FragCreates"])
+                    results[name][2].append(wg_cpu(a, b) - cpu)
             print(f"\n2. 16 MiB of TCP through wireguard-go on an MTU {mtu} underlay, median of {runs}")
-            base = statistics.median(results[next(iter(variants))][0])
-            for name, (secs, frags) in results.items():
-                med = statistics.median(secs)
+            first = next(iter(variants))
+            base, base_cpu = statistics.median(results[first][0]), statistics.median(results[first][2])
+            for name, (secs, frags, cpus) in results.items():
+                med, cpu = statistics.median(secs), statistics.median(cpus)
                 print(f"   {name:<30} {mbit(size, med):6.0f} Mbit/s  IP fragments sent {statistics.median(frags):7.0f}"
-                      f"  throughput ratio to derived {base / med:.2f}")
+                      f"  wireguard-go CPU {cpu:5.2f} s  throughput ratio to derived {base / med:.2f}, "
+                      f"CPU ratio {cpu / base_cpu if base_cpu else float('nan'):.2f}")
         finally:
             sink.kill()
             sink.wait()

@@ -40,7 +40,7 @@ MARKDOWN_FOOTER = """
 - Gateway: WireGuard and forwarding are always on (`NO` for either is an error), `FL_WG_ADDRESS` is the
   gateway's own address (not a pool). `FL_GATEWAY_ROUTES` must not overlap the networks wg0 routes on the
   same VM; without `FL_GATEWAY_ADDRESS` the VM needs OneGate to find its service's gateway.
-- `FL_WG_MTU` empty: wg0's MTU is derived from the underlay (the interface of the route to the peers'
+- `FL_WG_MTU` 0 (the default): wg0's MTU is derived from the underlay (the interface of the route to the peers'
   endpoints, else of the default route) minus 80.
 
 ## Read from OpenNebula
@@ -65,7 +65,7 @@ def markdown() -> str:
         for var in rows:
             out.append(
                 f"| `{var.name}` | {var.roles_text} | {var.type}{', secret' if var.secret else ''} | "
-                f"{_code(var.default)} | {var.constraint} | {var.description} |"
+                f"{_code(var.default)} | {var.constraint.replace('|', chr(92) + '|')} | {var.description} |"
             )
     out.append(MARKDOWN_FOOTER)
     return "\n".join(out)

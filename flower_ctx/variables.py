@@ -342,8 +342,9 @@ REGISTRY: tuple[Variable, ...] = (
     ),
     Variable(
         "FL_APPLIANCE_ROLE", NG, "text",
-        "What a VM of the SuperNode image is: supernode (default) or gateway, its zone's site gateway. Set in "
-        "the gateway's VM template (`flower-ctx oneflow vm-template gateway`), never a OneFlow input.",
+        "What a VM of the SuperNode image is: supernode (default) or gateway, its zone's site gateway. Set by "
+        "the VM template (`flower-ctx oneflow vm-template gateway`) or by the gateway role of a "
+        "training-site-gateway service, never a OneFlow input.",
         _choice(("supernode", "gateway")), choices=("supernode", "gateway"), group="gateway", input=False,
     ),
 )

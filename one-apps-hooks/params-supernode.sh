@@ -18,7 +18,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_WG_ADDRESS' 'configure' 'This VMs tunnel address with prefix, e.g. 10.10.9.0/31 or 10.10.9.1/24; required when enabled.' 'O|text'
     'ONEAPP_FL_WG_PRIVATE_KEY' 'configure' 'WireGuard private key (base64, as from `wg genkey`). Empty: generated once on the VM, kept across reboots, never leaves it.' 'O|password'
     'ONEAPP_FL_WG_LISTEN_PORT' 'configure' 'WireGuard UDP listen port.' 'O|number'
-    'ONEAPP_FL_WG_MTU' 'configure' 'MTU of wg0. Empty: the MTU of the underlay interface that carries the tunnel (the route to the peers endpoints, else the default route) minus 80, e.g. 1370 on a VXLAN network of MTU 1450.' 'O|number'
+    'ONEAPP_FL_WG_MTU' 'configure' 'MTU of wg0, 1280..9000. 0 (the default): the MTU of the underlay interface that carries the tunnel (the route to the peers endpoints, else the default route) minus 80, e.g. 1370 on a VXLAN network of MTU 1450.' 'O|number'
     'ONEAPP_FL_WG_PEERS' 'configure' 'Base64 of one or more wg-quick [Peer] sections (PublicKey, Endpoint, AllowedIPs, PersistentKeepalive, PresharedKey).' 'O|text64'
     'ONEAPP_FL_WG_PEER_PUBLIC_KEY' 'configure' 'One peer without a [Peer] section: its public key.' 'O|text'
     'ONEAPP_FL_WG_PEER_ENDPOINT' 'configure' 'That peers endpoint host:port (hostnames resolved when applied).' 'O|text'
@@ -27,5 +27,5 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_WG_FORWARD' 'configure' 'Enable IPv4 forwarding (a hub between sites; always on a gateway).' 'O|boolean'
     'ONEAPP_FL_GATEWAY_ROUTES' 'configure' 'Networks reached through this zones site gateway rather than the default route, comma-separated (e.g. the tunnel network 10.10.9.0/24 with the SuperLinks address). The routes carry flower-ctxs route protocol and are reconciled at every configure.' 'O|text'
     'ONEAPP_FL_GATEWAY_ADDRESS' 'configure' 'The site gateways address on this VMs network. Empty with FL_GATEWAY_ROUTES: the VM of the gateway role of this VMs OneFlow service (its NIC address, read through OneGate).' 'O|text'
-    'ONEAPP_FL_APPLIANCE_ROLE' 'configure' 'What a VM of the SuperNode image is: supernode (default) or gateway, its zones site gateway. Set in the gateways VM template (`flower-ctx oneflow vm-template gateway`), never a OneFlow input.' 'O|text'
+    'ONEAPP_FL_APPLIANCE_ROLE' 'configure' 'What a VM of the SuperNode image is: supernode (default) or gateway, its zones site gateway. Set by the VM template (`flower-ctx oneflow vm-template gateway`) or by the gateway role of a training-site-gateway service, never a OneFlow input.' 'O|text'
 )
