@@ -142,9 +142,10 @@ def _node_config_display(pairs: Any) -> str:
 
 def _mtu(value: str) -> int:
     """0 (derive it from the underlay) or an MTU in 1280..9000."""
-    n = v.integer(value, 0, 9000)
-    if 0 < n < 1280:
-        raise v.Invalid(f"must be 0 (derived from the underlay) or 1280..9000 (IPv6's minimum MTU is 1280), got {n}")
+    n = v.integer(value, 0, 10**9)
+    if n != 0 and not 1280 <= n <= 9000:
+        raise v.Invalid(f"must be 0 (derived from the underlay) or from 1280 to 9000 (IPv6's minimum MTU is 1280), "
+                        f"got {n}")
     return n
 
 

@@ -94,7 +94,7 @@ def test_wg_mtu_zero_means_derived() -> None:
     assert load_config("gateway", {**values, "FL_WG_MTU": "0"}).wg.mtu is None  # type: ignore[union-attr]
     assert load_config("gateway", {**values, "FL_WG_MTU": "1280"}).wg.mtu == 1280  # type: ignore[union-attr]
     msg = problems_of("gateway", {**values, "FL_WG_MTU": "1279"})["FL_WG_MTU"]
-    assert "0 (derived from the underlay) or 1280..9000" in msg
+    assert "0 (derived from the underlay) or from 1280 to 9000" in msg
 
 
 # --- routes through the gateway ------------------------------------------------------------------
