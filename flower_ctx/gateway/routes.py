@@ -161,6 +161,8 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False) -> StepResult:
             result.skipped.append(f"routes {', '.join(map(str, routes))} via "
                                   f"{config.gateway_address or 'the gateway found through OneGate'}")
         return result
+    if not routes and agentstate.read_or_none(paths, STATE) is None:
+        return result  # none wanted and none made: netlink (and pyroute2's import) not needed
     from ..wireguard.link import RTPROT_FLOWER_CTX, open_iproute
 
     ipr = open_iproute()
