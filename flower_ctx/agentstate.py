@@ -48,13 +48,26 @@ SHAPES: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
     },
     "ca-pin.json": {
         "fingerprint": (True, lambda v: isinstance(v, str) and v.startswith("sha256:") and len(v) == 71),
+        "fingerprints": (False, lambda v: isinstance(v, list) and len(v) <= 8 and all(isinstance(x, str) for x in v)),
         "vm": (False, _str_or_none),
         "time": (False, _int),
         "refused": (False, lambda v: isinstance(v, dict) and all(isinstance(x, (str, int)) for x in v.values())),
     },
+    "ca-rotation.json": {
+        "phase": (True, lambda v: v in ("started", "finished")),
+        "current": (True, _str_or_none),
+        "next": (False, _str_or_none),
+        "previous": (False, _str_or_none),
+        "time": (False, _int),
+    },
     "admission.json": {
         "ours": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
         "onegate": (True, lambda v: isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) for x in v)),
+    },
+    "app-dependencies.json": {
+        "installed": (True, _str_list),  # canonical names FL_APP_DEPENDENCIES installed (may be changed later)
+        "failed": (False, _str_or_none),  # why the last attempt failed, or None
+        "time": (False, _int),
     },
     "identity.json": {
         "vmid": (True, _str_or_none),

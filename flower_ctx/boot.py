@@ -63,19 +63,35 @@ def refusal_message(pinned: str, offered: str, vm: str) -> str:
             "SuperLink really has a new CA: set FL_SSL_CA_CERTFILE, or run `flower-ctx ca forget` on this VM")
 
 
-def pin_check(paths: Paths, fingerprint: str | None, vm_id: str) -> None:
-    """Trust on first use: the first CA learnt from OneGate is pinned; a different one is refused."""
+def pin_check(paths: Paths, ca_pem: bytes | None, fingerprint: str | None, vm_id: str) -> bytes | None:
+    """Trust on first use. The first time, only the CA FL_CA_FINGERPRINT names is taken and pinned
+    (exactly one certificate, whatever else rides along). Later, what is published is accepted
+    only when it holds a pinned CA: a rotation's bundle (current and next CA) then becomes the pin,
+    anything else is refused (CaPinError, recorded for status and doctor). Returns the PEM to
+    install (None: nothing to install)."""
     import time
 
+    from .pem import fingerprint as fp_of
+    from .pem import load_certs
+    from .tls import cert_pem
+
+    certs = load_certs(ca_pem) if ca_pem else []
+    offered = [fp_of(c) for c in certs]
     pin = pinned_ca(paths)
+    now = int(time.time())
     if pin is None:
-        agentstate.write(paths, PIN, {"fingerprint": fingerprint, "vm": vm_id, "time": int(time.time())})
-        return
-    if pin.get("fingerprint") == fingerprint:
-        if pin.get("refused"):
-            agentstate.write(paths, PIN, {k: v for k, v in pin.items() if k != "refused"})
-        return
-    refused = {"fingerprint": fingerprint or "?", "vm": vm_id, "time": int(time.time())}
+        if not certs:
+            return None
+        agentstate.write(paths, PIN, {"fingerprint": offered[0], "fingerprints": [offered[0]], "vm": vm_id,
+                                      "time": now})
+        return cert_pem(certs[0])
+    pinned = set(pin.get("fingerprints") or [pin.get("fingerprint")])
+    if pinned & set(offered):
+        if pin.get("refused") or set(offered) != pinned or pin.get("fingerprint") != offered[0]:
+            agentstate.write(paths, PIN, {"fingerprint": offered[0], "fingerprints": offered, "vm": vm_id,
+                                          "time": int(pin.get("time", now))})
+        return cert_pem(*certs)
+    refused = {"fingerprint": fingerprint or (offered[0] if offered else "?"), "vm": vm_id, "time": now}
     if (pin.get("refused") or {}).get("fingerprint") != refused["fingerprint"]:
         agentstate.write(paths, PIN, {**pin, "refused": refused})
     raise CaPinError(refusal_message(str(pin.get("fingerprint")), refused["fingerprint"], vm_id))
@@ -111,8 +127,9 @@ def discover(config: Config, paths: Paths, client: Any, wait: float, say: Callab
         if found.ca_pem is None:
             raise FlowerCtxError(f"the SuperLink at {found.endpoint} has not published FL_CA_CERT; "
                                  "set FL_SSL_CA_CERTFILE on this SuperNode")
-        pin_check(paths, found.ca_fingerprint, found.vm_id)
-        tls.install_trusted_ca(found.ca_pem, paths)
+        trusted = pin_check(paths, found.ca_pem, found.ca_fingerprint, found.vm_id)
+        if trusted is not None:
+            tls.install_trusted_ca(trusted, paths)
     if ca_only:
         assert config.superlink_address is not None
         say(f"CA of the SuperLink VM {found.vm_id or '?'} installed from OneGate ({found.ca_fingerprint})")
@@ -154,12 +171,22 @@ def attributes(config: Config, paths: Paths) -> dict[str, str]:
             ca = read_file(paths.ca_cert) if config.tls_enabled else None
         except (OSError, FlowerCtxError):
             raise FlowerCtxError(f"no CA at {paths.ca_cert}: run flower-ctx configure --role superlink") from None
-        return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc))
+        return superlink_attrs(config, ca_pem=ca, wg_public_key=wg_pub, endpoint=superlink_dial_address(config, doc),
+                               cert_expires=_cert_expires(paths) if config.tls_enabled else None)
     from .admission import node_public_key
 
     node_key = node_public_key(paths) if config.tls_enabled else None
     return supernode_attrs(config, superlink=runtime_target(doc), wg_public_key=wg_pub,
                            node_public_key=node_key.line if node_key else None)
+
+
+def _cert_expires(paths: Paths) -> str | None:
+    from .inspect import cert_info
+
+    info = cert_info(paths.server_cert)
+    if info is None or info.problem or not info.not_after_iso:
+        return None
+    return info.not_after_iso
 
 
 def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:

@@ -18,15 +18,20 @@ import click
 from . import __version__
 from .errors import EXIT_BAD_INPUT, EXIT_FAILED, FlowerCtxError, ValidationError
 
-# name -> (module, one-line help). The help is here so the top-level --help needs no imports.
+# name -> (module[:attribute], one-line help; the attribute defaults to ``command``). The help is here
+# so the top-level --help needs no imports.
 COMMANDS: dict[str, tuple[str, str]] = {
     "configure": ("flower_ctx.commands.configure", "Validate CONTEXT and make this VM match it."),
     "bootstrap": ("flower_ctx.commands.bootstrap", "Start Flower, wait for health, report to OneGate."),
     "run": ("flower_ctx.commands.run", "Run a Flower role in this process with the agent's keepalive."),
+    "renew": ("flower_ctx.commands.renew", "Renew the SuperLink's server certificate when due (the daily timer)."),
     "watch": ("flower_ctx.commands.watch", "Keep this VM's readiness in OneGate current (the watch unit)."),
     "status": ("flower_ctx.commands.status", "Show what this VM is and whether it is ready."),
+    "metrics": ("flower_ctx.commands.metrics", "Print this VM's metrics for Prometheus (the watch writes them too)."),
     "doctor": ("flower_ctx.commands.doctor", "Diagnose TLS, tunnel, keepalive and OneGate problems."),
     "ca": ("flower_ctx.commands.ca", "Export the CA for other zones; forget a CA pinned from OneGate."),
+    "backup": ("flower_ctx.commands.backup:backup", "Save this VM's identity (CA, keys, admissions) to a file."),
+    "restore": ("flower_ctx.commands.backup:restore", "Put a saved identity back on a rebuilt VM."),
     "wg": ("flower_ctx.commands.wg", "WireGuard helpers (key generation, the hub's [Peer] of this VM)."),
     "node": ("flower_ctx.commands.node", "This SuperNode's public key, for the SuperLink's admission list."),
     "context": ("flower_ctx.commands.context", "Check CONTEXT and print the variable reference."),
@@ -35,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _available(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
+    return importlib.util.find_spec(module.partition(":")[0]) is not None
 
 
 class LazyGroup(click.Group):
@@ -48,8 +53,8 @@ class LazyGroup(click.Group):
         entry = COMMANDS.get(name)
         if entry is None or not _available(entry[0]):
             return None
-        module = importlib.import_module(entry[0])
-        cmd: click.Command = module.command
+        name, _, attr = entry[0].partition(":")
+        cmd: click.Command = getattr(importlib.import_module(name), attr or "command")
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

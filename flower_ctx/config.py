@@ -154,6 +154,8 @@ def resolve(
         **trust,
         gateway_routes=gateway_routes,
         gateway_address=typed["FL_GATEWAY_ADDRESS"] if gateway_routes else None,
+        app_dependencies=typed["FL_APP_DEPENDENCIES"] or (),
+        runtime_dependency_install=typed["FL_RUNTIME_DEPENDENCY_INSTALL"],
         warnings=tuple(c.warnings),
         ignored=ignored,
         inline_secrets=tuple(inline_secrets),
@@ -215,7 +217,8 @@ def _trust_rules(
                 c.err(given["FL_SUPERLINK_ADDRESS"], f"{target} is {what} and FL_TLS_ENABLED=NO: models would cross "
                       f"it unencrypted; {fix}")
     if role is not Role.SUPERLINK:
-        return {"allow_insecure": bool(insecure_ok)}
+        # Without TLS the SuperNode presents no key (Flower needs TLS for it): nothing to warn about.
+        return {"allow_insecure": bool(insecure_ok), "supernode_auth": bool(typed["FL_SUPERNODE_AUTH"]) and tls}
     auth = bool(typed["FL_SUPERNODE_AUTH"])
     if auth and not tls:
         if "FL_SUPERNODE_AUTH" in explicit:
@@ -430,11 +433,11 @@ def _tls_rules(
             c.err(cert_n, f"the server certificate is {problem}; issue a new one")
         if key is not None and not pem.key_matches_cert(key, chain[0]):
             c.err(key_n, f"does not match the certificate in {cert_n} (it is the key of another certificate)")
-        if ca_cert is not None and not pem.chains_to(chain, ca_cert):
+        if ca_cert is not None and not any(pem.chains_to(chain, ca) for ca in ca_cert):
             c.err(
                 cert_n,
                 f"does not chain to the CA in {ca_n} (issuer {chain[0].issuer.rfc4514_string()!r}, CA "
-                f"{ca_cert.subject.rfc4514_string()!r}); include intermediates after the certificate",
+                f"{ca_cert[0].subject.rfc4514_string()!r}); include intermediates after the certificate",
             )
     if typed["FL_CERT_EXTRA_SAN"]:
         c.warnings.append(
@@ -454,25 +457,32 @@ def _load(loader: Any, raw: bytes, name: str, c: _Collector) -> Any:
         return None
 
 
+MAX_TRUST_BUNDLE = 3  # a CA, the next one during a rotation, the previous one after it
+
+
 def _load_ca(raw: bytes, name: str, c: _Collector, now: datetime.datetime | None) -> Any:
+    """The CA (the first certificate); a trust bundle of up to MAX_TRUST_BUNDLE CAs (a rotation's
+    current and next CA) is accepted, each a valid CA certificate. Returns the list of CAs."""
     from . import pem
 
     certs = _load(pem.load_certs, raw, name, c)
     if certs is None:
         return None
-    ca = certs[0]
-    if len(certs) > 1:
-        c.err(name, f"holds {len(certs)} certificates; give only the CA certificate")
+    if len(certs) > MAX_TRUST_BUNDLE:
+        c.err(name, f"holds {len(certs)} certificates; give the CA certificate (or, during a CA rotation, the "
+                    f"bundle `flower-ctx ca export` prints: at most {MAX_TRUST_BUNDLE})")
         return None
-    if not pem.is_ca(ca):
-        c.err(name, "is not a CA certificate (no basicConstraints CA:TRUE); give the CA that signed the server "
-                    "certificate, not the server certificate itself")
-        return None
-    problem = pem.validity_problem(ca, now)
-    if problem:
-        c.err(name, f"the CA certificate is {problem}")
-        return None
-    return ca
+    for i, ca in enumerate(certs, start=1):
+        which = "" if len(certs) == 1 else f" (certificate {i} of the bundle)"
+        if not pem.is_ca(ca):
+            c.err(name, f"is not a CA certificate{which} (no basicConstraints CA:TRUE); give the CA that signed the "
+                        "server certificate, not the server certificate itself")
+            return None
+        problem = pem.validity_problem(ca, now)
+        if problem:
+            c.err(name, f"the CA certificate{which} is {problem}")
+            return None
+    return certs
 
 
 def is_pool(address: Any) -> bool:

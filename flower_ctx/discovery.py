@@ -210,8 +210,13 @@ def _endpoint(vm_id: str, vm: dict[str, Any], ut: dict[str, Any]) -> HostPort:
     raise _NotYet(f"SuperLink VM {vm_id} has no FL_ENDPOINT and no NIC address")
 
 
+MAX_BUNDLE = 3  # the CA, and during a rotation the next (or the previous) one
+
+
 def _ca(vm_id: str, ut: dict[str, Any]) -> tuple[bytes, str]:
-    """Exactly one CA certificate, re-encoded: what is installed is what the fingerprint names."""
+    """The published CA (the first certificate, the one FL_CA_FINGERPRINT names) or, during a CA
+    rotation, the trust bundle it heads (at most MAX_BUNDLE CA certificates), re-encoded. Which of
+    them a SuperNode takes is decided against its pin (boot.pin_check)."""
     from .pem import PemError, fingerprint, is_ca, load_certs
     from .tls import cert_pem
 
@@ -224,11 +229,12 @@ def _ca(vm_id: str, ut: dict[str, Any]) -> tuple[bytes, str]:
         certs = load_certs(decode_value(encoded))
     except (OneGateValueError, PemError) as exc:
         raise _NotYet(f"SuperLink VM {vm_id} published an unusable FL_CA_CERT ({exc})") from None
-    if len(certs) != 1 or not is_ca(certs[0]):
-        what = f"{len(certs)} certificates" if len(certs) != 1 else "a certificate that is not a CA"
-        raise _NotYet(f"SuperLink VM {vm_id} published {what} in FL_CA_CERT; exactly one CA certificate is accepted")
+    if len(certs) > MAX_BUNDLE or not all(is_ca(c) for c in certs):
+        what = f"{len(certs)} certificates" if len(certs) > MAX_BUNDLE else "a certificate that is not a CA"
+        raise _NotYet(f"SuperLink VM {vm_id} published {what} in FL_CA_CERT; only a CA (or a rotation's bundle of "
+                      f"up to {MAX_BUNDLE} CAs) is accepted")
     cert = certs[0]
-    pem = cert_pem(cert)
+    pem = cert_pem(*certs)
     actual = fingerprint(cert)
     published = text(ut.get("FL_CA_FINGERPRINT"), "FL_CA_FINGERPRINT")
     if published and published.strip() and published.strip().lower() != actual:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from .errors import FlowerCtxError
 from .health import (
-    not_admitted,
     probe_with_local_ca,
+    refusal,
     runtime_doc,
     service_log_tail,
     superlink_dial_address,
@@ -78,6 +78,25 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
     yield from _gateway_routes(config, paths)
     yield from _keepalive(config, paths, role)
     yield from _onegate(config, paths)
+    yield from _app_dependencies(config, paths)
+
+
+def _app_dependencies(config: Config, paths: Paths) -> Iterator[Check]:
+    if not config.app_dependencies or paths.staged:
+        return
+    from .apps import missing
+
+    absent = missing(config.app_dependencies)
+    if not absent:
+        yield Check("app dependencies", OK, f"{len(config.app_dependencies)} pinned package(s) installed")
+        return
+    from . import agentstate
+
+    record = agentstate.read_or_none(paths, "app-dependencies.json") or {}
+    why = f": {record['failed']}" if record.get("failed") else ""
+    yield Check("app dependencies", PROBLEM,
+                "FL_APP_DEPENDENCIES: not installed: " + ",".join(f"{n}=={v}" for n, v in absent) + why,
+                "fix the pins or the VM's access to the package index, then run flower-ctx configure")
 
 
 NET99 = "/etc/one-context.d/net-99-report-ready"
@@ -114,10 +133,9 @@ def _service_check(paths: Paths, role: str) -> Iterator[Check]:
     state = for_machine(paths).state(role)
     if state.running:
         yield Check("service", OK, f"flower-{role} {state.detail} ({state.manager})")
-    elif role == "supernode" and not_admitted(paths):
-        yield Check("admission", PROBLEM, "the SuperLink refused this SuperNode's key (Flower: not registered)",
-                    "SuperNode not admitted: add its key to FL_SUPERNODE_PUBLIC_KEYS on the SuperLink "
-                    "(`flower-ctx node key` prints it); in the SuperLink's own service it is admitted from OneGate")
+    elif role == "supernode" and (refused := refusal(paths)) is not None:
+        yield Check("admission", PROBLEM, "the SuperLink refused this SuperNode (Flower: not registered)",
+                    refused + "; in the SuperLink's own service it is admitted from OneGate")
     else:
         where = "journalctl -u flower-" + role if state.manager == "systemd" else f"{paths.flower_home}/run/{role}.log"
         yield Check("service", PROBLEM, f"flower-{role} is {state.detail}",

@@ -38,6 +38,7 @@ class _State:
     layer: str
     client_options: list[tuple[str, Any]]
     server_options: list[tuple[str, Any]]
+    server_interceptors: list[Any] = field(default_factory=list)  # added to every server (trust report)
     # (owner object, attribute name, original value): restored by uninstall().
     originals: list[tuple[Any, str, Any]] = field(default_factory=list)
     channels: int = 0
@@ -115,6 +116,8 @@ def _wrap_server_ctor(original: Callable[..., Any]) -> Callable[..., Any]:
         if state is None:
             return original(*args, **kwargs)
         bound, merged = _rebind(original, args, kwargs, state.server_options)
+        if state.server_interceptors and state.probe is None:
+            bound.arguments["interceptors"] = [*(bound.arguments.get("interceptors") or ()), *state.server_interceptors]
         result = original(*bound.args, **bound.kwargs)
         _note("server", merged, "")
         return result
@@ -194,8 +197,9 @@ def _self_test(state: _State) -> bool:
 
 
 def install(client_options: list[tuple[str, Any]], server_options: list[tuple[str, Any]],
-            *, layer: str = "auto") -> str:
-    """Install the patch (``layer``: auto, deep or public) and self-test it. Returns the layer used."""
+            *, layer: str = "auto", server_interceptors: Sequence[Any] = ()) -> str:
+    """Install the patch (``layer``: auto, deep or public) and self-test it. Returns the layer used.
+    ``server_interceptors`` are added to every gRPC server created afterwards."""
     global _STATE
     if _STATE is not None:
         uninstall()
@@ -206,7 +210,7 @@ def install(client_options: list[tuple[str, Any]], server_options: list[tuple[st
         if hooks is None:
             reasons.append(f"{name}: grpcio private constructors not found or changed shape")
             continue
-        state = _State(name, list(client_options), list(server_options))
+        state = _State(name, list(client_options), list(server_options), list(server_interceptors))
         _apply(state, hooks)
         _STATE = state
         if _self_test(state):

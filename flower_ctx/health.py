@@ -111,8 +111,15 @@ def _supernode_exit_cause(
 # What Flower's SuperNode logs when the SuperLink does not admit its key (flwr 1.39+: ActivateNode
 # refused, self-registration refused under SuperNode authentication, unregistered while connected).
 NOT_ADMITTED_MARKERS = (b"Failed to activate SuperNode", b"All SuperNodes must be registered", b"Invalid node ID")
+# Flower 1.39 never self-registers a SuperNode given a key: with FL_SUPERNODE_AUTH=YES here, the
+# SuperLink must know the key (admission), even when its own FL_SUPERNODE_AUTH is NO.
 NOT_ADMITTED = ("SuperNode not admitted: add its key to FL_SUPERNODE_PUBLIC_KEYS on the SuperLink "
-                "(`flower-ctx node key` prints it)")
+                "(`flower-ctx node key` prints it), or set FL_SUPERNODE_AUTH=NO here when the SuperLink runs "
+                "with FL_SUPERNODE_AUTH=NO")
+# FL_SUPERNODE_AUTH=NO here: Flower registers a throwaway key, which a SuperLink with authentication refuses.
+REGISTRATION_REFUSED = ("SuperNode not admitted: the SuperLink requires SuperNode authentication; set "
+                        "FL_SUPERNODE_AUTH=YES here and add this SuperNode's key (`flower-ctx node key`) to "
+                        "FL_SUPERNODE_PUBLIC_KEYS on the SuperLink")
 
 
 def service_log_tail(paths: Paths, role: str, size: int = 200_000) -> bytes:
@@ -144,8 +151,15 @@ def _since_start(paths: Paths) -> bytes:
 
 def not_admitted(paths: Paths) -> bool:
     """The SuperNode's last Flower run ended because the SuperLink does not admit its key."""
+    return refusal(paths) is not None
+
+
+def refusal(paths: Paths) -> str | None:
+    """Why the SuperLink refused this SuperNode's last Flower run (the fix included), or None."""
     recent = _since_start(paths)
-    return any(m in recent for m in NOT_ADMITTED_MARKERS)
+    if b"All SuperNodes must be registered" in recent:
+        return REGISTRATION_REFUSED
+    return NOT_ADMITTED if any(m in recent for m in NOT_ADMITTED_MARKERS) else None
 
 
 def activated(paths: Paths) -> bool:
@@ -169,8 +183,9 @@ def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: floa
         down = f"the Flower {role} is not running ({state.detail}); see its log"
         # A SuperNode that exits at once failed its TLS handshake or was not admitted: name the cause.
         cause = _supernode_exit_cause(config, doc, paths, timeout) if config.role is Role.SUPERNODE else None
-        if cause is None and config.role is Role.SUPERNODE and not_admitted(paths):
-            cause = (NOT_ADMITTED, "not_admitted")
+        refused = refusal(paths) if cause is None and config.role is Role.SUPERNODE else None
+        if refused is not None:
+            cause = (refused, "not_admitted")
         if cause is None:
             return Health(False, down)
         return Health(False, f"{cause[0]}; {down}", kind=cause[1])

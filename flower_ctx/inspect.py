@@ -29,9 +29,22 @@ class CertInfo:
     subject: str = ""
     fingerprint: str = ""
     not_after: str = ""
+    not_after_iso: str = ""  # 2027-11-28T20:53:00Z
     days_left: int | None = None
     sans: list[str] = field(default_factory=list)
     problem: str | None = None
+
+
+def bundle_fingerprints(path: Any) -> list[str]:
+    """Fingerprints of every certificate of a CA file (a trust bundle during a rotation)."""
+    from . import pem
+    from .errors import FlowerCtxError
+    from .files import read_file
+
+    try:
+        return [pem.fingerprint(c) for c in pem.load_certs(read_file(path))]
+    except (OSError, FlowerCtxError):
+        return []
 
 
 def cert_info(path: Any, now: datetime.datetime | None = None) -> CertInfo | None:
@@ -58,6 +71,7 @@ def cert_info(path: Any, now: datetime.datetime | None = None) -> CertInfo | Non
         subject=cert.subject.rfc4514_string(),
         fingerprint=pem.fingerprint(cert),
         not_after=cert.not_valid_after_utc.strftime("%Y-%m-%d"),
+        not_after_iso=cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         days_left=days,
         sans=pem.san_entries(cert),
         problem=pem.validity_problem(cert, now),
@@ -93,6 +107,9 @@ def federation(paths: Paths, doc: dict[str, Any]) -> dict[str, Any]:
         nodes, runs = control.list_nodes(), control.list_runs()
     except (ControlError, OSError, FlowerCtxError, ValueError) as exc:
         return {"error": str(exc)}
+    from . import trust
+
+    report = trust.read_report(paths)
     state = agentstate.read_or_none(paths, "admission.json") or {}
     from_list = set(state.get("ours", []))
     from_onegate = {" ".join(s.split()[:2]) for s in state.get("onegate", [])}
@@ -105,8 +122,10 @@ def federation(paths: Paths, doc: dict[str, Any]) -> dict[str, Any]:
             line = ""
         by = "onegate" if line in from_onegate else "flower-ctx" if line in from_list else "by hand"
         beat = n.last_heartbeat
+        announced = report.get(trust.key_id(n.public_key_pem)) or {}
         listed.append({"node_id": n.node_id, "name": n.name, "status": n.status, "admitted": by,
-                       "last_heartbeat_age": round(now - beat, 1) if beat else None})
+                       "last_heartbeat_age": round(now - beat, 1) if beat else None,
+                       "trusts": announced.get("trust", [])})
     return {
         "supernodes": listed,
         "connected": sum(1 for n in nodes if n.status == "online"),
@@ -161,7 +180,10 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
         "tls": {"enabled": bool((doc.get("tls") or {}).get("enabled"))},
     }
     if role == "superlink":
+        from . import rotation
+
         out["fleet_api_address"] = doc.get("fleet_api_address")
+        out["tls"]["rotation"] = rotation.state(paths)
         out["supernode_auth"] = bool(doc.get("supernode_auth"))
         if state.running:
             out["federation"] = federation(paths, doc)
@@ -176,6 +198,7 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
     ca = cert_info(paths.ca_cert)
     if ca is not None:
         out["tls"]["ca"] = ca.__dict__
+        out["tls"]["trust_bundle"] = bundle_fingerprints(paths.ca_cert)
     if role == "superlink":
         server = cert_info(paths.server_cert)
         if server is not None:

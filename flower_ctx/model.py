@@ -155,7 +155,7 @@ class Config:
     nics: tuple[Nic, ...]
     onegate: OneGateAccess
     # Who may join and reach the SuperLink (issue 13); SuperNode: only allow_insecure applies.
-    supernode_auth: bool = False  # --enable-supernode-auth (TLS on and FL_SUPERNODE_AUTH=YES)
+    supernode_auth: bool = False  # TLS on and FL_SUPERNODE_AUTH=YES: L --enable-supernode-auth, N presents its key
     admitted_keys: tuple[Any, ...] = ()  # admission.keys.PublicKey from FL_SUPERNODE_PUBLIC_KEYS
     auth_onegate: bool = False  # also admit this service's SuperNodes published in OneGate
     firewall: bool = False
@@ -166,6 +166,8 @@ class Config:
     # on this VM's network (FL_GATEWAY_ADDRESS; None with routes: discovered through OneGate).
     gateway_routes: tuple[IPNetwork, ...] = ()
     gateway_address: IPAddress | None = None
+    app_dependencies: tuple[tuple[str, str], ...] = ()  # FL_APP_DEPENDENCIES: (canonical name, version)
+    runtime_dependency_install: bool = False  # FL_RUNTIME_DEPENDENCY_INSTALL
     warnings: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # CONTEXT names that are not flower-ctx's (other software's)
     inline_secrets: tuple[str, ...] = ()  # secrets given in CONTEXT itself, not as file: (readable via OneGate)

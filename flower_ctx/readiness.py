@@ -30,6 +30,8 @@ MANAGED_ATTRS = (
     "FL_TLS",
     "FL_CA_CERT",
     "FL_CA_FINGERPRINT",
+    "FL_CA_EXPIRES",
+    "FL_CERT_EXPIRES",
     "FL_WG_PUBLIC_KEY",
     "FL_WG_TUNNEL_ADDRESS",
     "FL_NODE_PUBLIC_KEY",
@@ -93,8 +95,10 @@ def superlink_attrs(
     ca_pem: bytes | None = None,
     wg_public_key: str | None = None,
     endpoint: HostPort | None = None,
+    cert_expires: str | None = None,
 ) -> dict[str, str]:
-    """The SuperLink's discovery attributes (DESIGN section 8). ``ca_pem`` is required with TLS."""
+    """The SuperLink's discovery attributes (DESIGN section 8). ``ca_pem`` is required with TLS.
+    ``cert_expires``: the server certificate's end of validity (ISO 8601, UTC)."""
     from .pem import fingerprint, load_certs
 
     attrs = {"FL_ROLE": "superlink", "FL_VERSION": config.flower_version}
@@ -106,7 +110,11 @@ def superlink_attrs(
         if not ca_pem:
             raise ValueError("superlink_attrs: TLS is enabled but no CA certificate was given")
         attrs["FL_CA_CERT"] = encode_value(ca_pem)
-        attrs["FL_CA_FINGERPRINT"] = fingerprint(load_certs(ca_pem)[0])
+        ca = load_certs(ca_pem)[0]
+        attrs["FL_CA_FINGERPRINT"] = fingerprint(ca)
+        attrs["FL_CA_EXPIRES"] = ca.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if cert_expires:
+            attrs["FL_CERT_EXPIRES"] = cert_expires
     if config.wg is not None and wg_public_key:
         attrs["FL_WG_PUBLIC_KEY"] = wg_public_key
     if config.wg is not None and not config.wg.unresolved:

@@ -15,6 +15,7 @@ common keys
   http_api          {"host": str, "port": int}   Flower's own HTTP API (Runtime/Control), loopback
   health_server_address  "host:port" | null      Flower's optional gRPC health server
   wg_address        "10.10.9.66/26" | null        this VM's tunnel address (derived from a pool or given)
+  runtime_dependency_install  bool (absent: false)  FL_RUNTIME_DEPENDENCY_INSTALL: Flower may uv-sync app deps
 superlink only
   fleet_api_address "0.0.0.0:9092"               the Fleet API (gRPC), the only non-loopback listener
   state_dir         path                          SuperLink state directory (0700 flower)
@@ -25,7 +26,7 @@ supernode only
   node_config       "k=v k2=v2"                   FL_NODE_CONFIG, passed to --node-config as is
   max_retries       int (0 = forever)             FL_MAX_RETRIES
   max_wait_time     int seconds (0 = forever)     FL_MAX_WAIT_TIME
-  node_key          path | null                   the SuperNode's identity key (with TLS)
+  node_key          path | null                   the SuperNode's identity key (TLS and FL_SUPERNODE_AUTH=YES)
 gateway (no Flower runs: only schema, role, log_level, tls, wg_address and these)
   tls               {"enabled": bool, "ca_certfile": path|null}  the CA its SuperLink check trusts
   superlink_address "host:port" | null            what its SuperNodes dial; checked through the gateway
@@ -110,6 +111,7 @@ def build_runtime_config(config: Config, paths: Paths, *, superlink_address: Hos
         "tls": _tls_block(config, paths),
         "health_server_address": None,
         "wg_address": str(config.wg.address) if config.wg is not None and not config.wg.unresolved else None,
+        "runtime_dependency_install": config.runtime_dependency_install,
     }
     if config.role is Role.SUPERLINK:
         doc["http_api"] = {"host": LOOPBACK, "port": SUPERLINK_HTTP_PORT}
@@ -124,7 +126,8 @@ def build_runtime_config(config: Config, paths: Paths, *, superlink_address: Hos
         doc["node_config"] = " ".join(f"{k}={v}" for k, v in config.node_config)
         doc["max_retries"] = config.max_retries
         doc["max_wait_time"] = config.max_wait_time
-        doc["node_key"] = str(paths.node_key) if config.tls_enabled else None
+        # FL_SUPERNODE_AUTH=NO: no key, so Flower 1.39 registers itself (it never does when given one).
+        doc["node_key"] = str(paths.node_key) if config.tls_enabled and config.supernode_auth else None
     return doc
 
 
@@ -194,6 +197,8 @@ def problems(doc: Any, role: str) -> list[str]:
          and _int_ok(http.get("port"), 1, 65535), "must be a loopback host and a port")
     wa = doc.get("wg_address")
     need("wg_address", wa is None or (isinstance(wa, str) and len(wa) < 64), "must be null or an address")
+    need("runtime_dependency_install", isinstance(doc.get("runtime_dependency_install", False), bool),
+         "must be true or false")
     hs = doc.get("health_server_address")
     need("health_server_address", hs is None or _address_ok(hs), "must be null or host:port")
     if role == "superlink":

@@ -77,11 +77,16 @@ def proc_start_time(pid: int) -> str | None:
 
 def fingerprint_inputs(paths: Paths, role: str) -> str:
     """Hash of what the service reads at start; a change means it must be restarted. The watch
-    re-reads everything at each check, so nothing restarts it."""
+    re-reads everything at each check, so nothing restarts it; the server certificate and key are
+    not in it either: the running Flower takes a renewed pair without a restart (certreload)."""
     h = hashlib.sha256()
     if role.startswith(WATCH_PREFIX):
         return h.hexdigest()
-    for p in (paths.runtime_config(role), paths.ca_cert, paths.server_cert, paths.server_key, paths.node_key):
+    # A SuperLink uses its CA file for nothing a connection needs (no client certificates): a
+    # rotation's new bundle needs no restart there. A SuperNode's channel trusts it: it does.
+    watched = (paths.runtime_config(role), paths.node_key) if role == "superlink" else \
+        (paths.runtime_config(role), paths.ca_cert, paths.node_key)
+    for p in watched:
         try:
             h.update(read_file(p))
         except (OSError, FlowerCtxError):
@@ -129,6 +134,10 @@ class Supervisor:
         done, or None. Called by the watch."""
         return None
 
+    def enable_timer(self, name: str) -> str | None:
+        """Enable and start a systemd timer (the built-in supervisor has none: the watch does the job)."""
+        return None
+
 
 class SystemdSupervisor(Supervisor):
     manager = "systemd"
@@ -161,6 +170,16 @@ class SystemdSupervisor(Supervisor):
 
     def stop(self, role: str) -> None:
         self._systemctl("stop", unit_name(role))
+
+    def enable_timer(self, name: str) -> str | None:
+        unit = f"{name}.timer"
+        if self._systemctl("is-enabled", unit).stdout.strip() == "enabled" and \
+                self._systemctl("is-active", unit).stdout.strip() == "active":
+            return None
+        out = self._systemctl("enable", "--now", unit)
+        if out.returncode != 0:
+            raise ApplyError(f"systemctl enable --now {unit} failed: {out.stderr.strip()[:200]}")
+        return f"{unit} enabled"
 
 
 class BuiltinSupervisor(Supervisor):

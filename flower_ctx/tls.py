@@ -40,7 +40,7 @@ STEP = "tls"
 CA_DAYS = 3650
 SERVER_DAYS = 365
 RENEW_BEFORE = datetime.timedelta(days=30)
-CA_EXPIRY_WARNING = datetime.timedelta(days=90)
+CA_EXPIRY_WARNING = datetime.timedelta(days=365)  # a 10-year CA is warned about during its last year
 # Certificates start a little in the past so a peer whose clock lags slightly still accepts them.
 BACKDATE = datetime.timedelta(minutes=5)
 
@@ -561,8 +561,8 @@ def _apply_generated(
             )
         elif left < CA_EXPIRY_WARNING:
             result.warnings.append(
-                f"the CA expires on {ca.not_valid_after_utc:%Y-%m-%d}; after that a new CA is generated "
-                "and every SuperNode must be given it (flower-ctx ca export)"
+                f"the CA expires on {ca.not_valid_after_utc:%Y-%m-%d} ({left.days} days): rotate it while the "
+                "federation runs (flower-ctx ca rotate, then ca rotate --finish) before SuperNodes lose trust"
             )
     else:
         if ca_pair.certs is not None and ca_pair.cert_bytes is not None:

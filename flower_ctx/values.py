@@ -298,6 +298,49 @@ def flower_version(value: str) -> tuple[int, int, int]:
     return v
 
 
+MAX_APP_REQUIREMENTS = 32
+# Packages an app must not pin: they are the agent, Flower and the installers themselves.
+PROTECTED_PACKAGES = frozenset({"flwr", "flwr-nightly", "flower-ctx", "pip", "uv", "setuptools", "wheel"})
+_REQ_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9])?")
+# PEP 440 public versions without epochs, wildcards or local parts: one exact release per package.
+_REQ_VERSION = re.compile(
+    r"[0-9]{1,8}(?:\.[0-9]{1,8}){0,5}(?:(?:a|b|rc)[0-9]{1,6})?(?:\.post[0-9]{1,6})?(?:\.dev[0-9]{1,6})?"
+)
+
+
+def canonical_package(name: str) -> str:
+    """PEP 503 normalised name: how pip and the index compare names."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def app_requirements(value: str) -> tuple[tuple[str, str], ...]:
+    """Exact pins ``name==version`` separated by commas or spaces (FL_APP_DEPENDENCIES).
+
+    Only exact pins: no ranges, URLs, paths, extras, markers or pip options, so what CONTEXT asks for
+    names one release of one package and nothing can reach pip's command line as an option."""
+    entries = [e for e in re.split(r"[\s,]+", value.strip()) if e]
+    if not entries:
+        raise Invalid("is empty; give pins such as numpy==1.26.4,pandas==2.2.2 or leave it unset")
+    if len(entries) > MAX_APP_REQUIREMENTS:
+        raise Invalid(f"has {len(entries)} entries; at most {MAX_APP_REQUIREMENTS} packages can be pinned")
+    out: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for entry in entries:
+        name, sep, version = entry.partition("==")
+        if not sep or not _REQ_NAME.fullmatch(name) or not _REQ_VERSION.fullmatch(version):
+            raise Invalid(f"entry {show(entry)} must be an exact pin name==version such as numpy==1.26.4 "
+                          "(no ranges, extras, URLs or options)")
+        key = canonical_package(name)
+        if key in PROTECTED_PACKAGES:
+            raise Invalid(f"entry {show(entry)}: {name} is part of the appliance itself; FLOWER_VERSION "
+                          "chooses Flower, and the installers are not app dependencies")
+        if key in seen:
+            raise Invalid(f"names {name} twice; pin each package once")
+        seen.add(key)
+        out.append((key, version))
+    return tuple(out)
+
+
 # Flower 1.39's own reading of --node-config (flwr/common/config.py, parse_config_args): every
 # ``key=value`` match of this pattern becomes a ``key = value`` TOML line, parsed with tomli. Values
 # are therefore TOML: numbers, true/false, "double" or 'single' quoted strings (with spaces).

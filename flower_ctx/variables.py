@@ -211,9 +211,10 @@ REGISTRY: tuple[Variable, ...] = (
         v.san_list, display=_sans_display, group="tls",
     ),
     Variable(
-        "FL_SUPERNODE_AUTH", L, "boolean",
-        "Only admitted SuperNodes may join (Flower's SuperNode authentication: each SuperNode proves its key). "
-        "Needs TLS.",
+        "FL_SUPERNODE_AUTH", LN, "boolean",
+        "SuperLink: only admitted SuperNodes may join (Flower's SuperNode authentication: each proves its key). "
+        "SuperNode: YES presents this VM's key, which the SuperLink must admit; NO lets Flower register a "
+        "throwaway key itself, which only a SuperLink with FL_SUPERNODE_AUTH=NO accepts. Needs TLS.",
         v.boolean, default="YES", display=_yes_no, group="trust",
     ),
     Variable(
@@ -348,6 +349,19 @@ REGISTRY: tuple[Variable, ...] = (
         "training-site-gateway service, never a OneFlow input.",
         _choice(("supernode", "gateway")), choices=("supernode", "gateway"), group="gateway", input=False,
     ),
+    Variable(
+        "FL_APP_DEPENDENCIES", LN, "text",
+        "Python packages the Flower apps need, as exact pins (numpy==1.26.4,pandas==2.2.2; at most 32). "
+        "configure installs them into the agent's virtualenv as wheels only, never changing a package "
+        "Flower runs on; on failure it warns and Flower runs without them.",
+        v.app_requirements, display=lambda t: ",".join(f"{n}=={ver}" for n, ver in t), group="apps",
+    ),
+    Variable(
+        "FL_RUNTIME_DEPENDENCY_INSTALL", LN, "boolean",
+        "Let Flower install each submitted app's own dependencies (uv sync from the package index, into "
+        "a per-run environment). Whoever can submit a run then chooses what is downloaded here.",
+        v.boolean, default="NO", display=_yes_no, group="apps",
+    ),
 )
 
 BY_NAME: dict[str, Variable] = {var.name: var for var in REGISTRY}
@@ -360,6 +374,7 @@ GROUP_TITLES = {
     "supernode": "SuperNode",
     "wireguard": "WireGuard",
     "trust": "Who may join and reach the SuperLink",
+    "apps": "Apps and their dependencies",
     "gateway": "Site gateways",
 }
 

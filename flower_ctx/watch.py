@@ -47,6 +47,7 @@ PROBE_TIMEOUT_S = 3.0
 DISCOVERY_S = 10.0  # per check: the watch never blocks long, the next check tries again
 RESTART_S = 10.0  # built-in supervisor: an ended Flower is started again at most this often
 RECHECK_S = 60.0  # SuperNode: how often what the SuperLink publishes in OneGate is looked at again
+RENEW_S = 6 * 3600.0  # SuperLink without systemd: how often the watch does the renewal timer's job
 ADMIT_ONEGATE_S = 10.0  # SuperLink: how often the keys published in OneGate are read again
 FAILED_CONFIGURE = "configure-failed.json"
 
@@ -78,6 +79,8 @@ class Watch:
         self._admitted_from_onegate = float("-inf")
         self._restarted = float("-inf")
         self._rechecked = float("-inf")
+        self._renewed = time.monotonic()  # configure has just checked
+        self._metrics_at = float("-inf")
 
     def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
         """One check from the CONTEXT as it is now."""
@@ -131,6 +134,9 @@ class Watch:
             self._looking = False
             if config.role is Role.SUPERLINK:
                 self._admit(config)
+                if sup.manager == "builtin" and time.monotonic() - self._renewed >= RENEW_S:
+                    self._renewed = time.monotonic()
+                    self._renew(config)
         return health, config, config.onegate
 
     def _recheck_publication(self, config: Config) -> None:
@@ -153,10 +159,11 @@ class Watch:
             return  # nothing usable published right now: what is installed stays
         if from_onegate_ca:
             try:
-                pin_check(self.paths, found.ca_fingerprint, found.vm_id)
+                trusted = pin_check(self.paths, found.ca_pem, found.ca_fingerprint, found.vm_id)
             except CaPinError as exc:
                 self.say(f"refused: {exc}")
                 return
+            self._take_bundle(config, trusted)
         current = runtime_target(runtime_doc(self.paths, config.role.value))
         if config.superlink_address is not None or current is None or found.endpoint == current:
             return
@@ -170,6 +177,39 @@ class Watch:
             agentstate.record_discovery(self.paths, found.endpoint, found.tls, found.ca_fingerprint, found.vm_id)
             runtime.apply(config, self.paths, superlink_address=found.endpoint)
         self.say(f"the SuperLink moved to {found.endpoint} (it proves the pinned CA); Flower follows")
+
+    def _renew(self, config: Config) -> None:
+        """The daily renewal where no systemd timer runs it (the built-in supervisor's stand-in)."""
+        from . import tls
+
+        try:
+            with machine_lock(self.paths, wait=False):
+                result = tls.apply(config, self.paths)
+        except FlowerCtxError as exc:
+            self.say(f"renewal check failed: {exc}")
+            return
+        for c in result.changes:
+            if c.pending:
+                self.say(f"renewed {c.what} ({c.detail})")
+
+    def _take_bundle(self, config: Config, trusted: bytes | None) -> None:
+        """A CA rotation on the SuperLink: its new trust bundle (holding the pinned CA) is installed and
+        Flower restarted to trust it (its gRPC channel's roots are fixed at start)."""
+        from . import tls
+        from .files import read_file
+        from .supervisor import for_machine
+
+        try:
+            if trusted is None or read_file(self.paths.ca_cert) == trusted:
+                return
+        except (OSError, FlowerCtxError):
+            pass
+        with machine_lock(self.paths, wait=False):
+            tls.install_trusted_ca(trusted, self.paths)
+            sup = for_machine(self.paths)
+            if sup.state(self.role).running:
+                self.say(f"the SuperLink's CA bundle changed (rotation): flower-{self.role} "
+                         f"{sup.ensure_running(self.role)} to trust it")
 
     def _admit(self, config: Config) -> None:
         """Admission follows the CONTEXT at every check (a removed key is locked out within one
@@ -186,11 +226,31 @@ class Watch:
                 self.say(line)
 
     def tick(self) -> None:
-        """Check, and publish when the answer changed or a resync is due."""
+        """Check, publish when the answer changed or a resync is due, refresh the metrics file."""
         try:
             health, config, access = self.check_once()
         except FlowerCtxError as exc:  # a damaged file, a busy lock: report, try again next time
             health, config, access = Health(False, str(exc)), None, None
+        try:
+            self._publish(health, config, access)
+        finally:
+            self._metrics(health)
+
+    def _metrics(self, health: Health) -> None:
+        """node_exporter's textfile collector file, every metrics.EVERY_S seconds."""
+        from . import __version__, metrics
+        from .inspect import facts
+
+        if time.monotonic() - self._metrics_at < metrics.EVERY_S:
+            return
+        self._metrics_at = time.monotonic()
+        try:
+            metrics.write(self.paths, metrics.render(facts(self.paths, self.role), ready=health.ok,
+                                                     agent_version=__version__))
+        except FlowerCtxError as exc:
+            log.warning("metrics file not written: %s", exc)
+
+    def _publish(self, health: Health, config: Config | None, access: OneGateAccess | None) -> None:
         key = (health.ok, health.detail)
         now = time.monotonic()
         if key == self._last and now - self._synced < RESYNC_S:

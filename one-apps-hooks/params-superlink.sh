@@ -12,7 +12,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_SSL_CERTFILE' 'configure' 'Base64 of the PEM server certificate (chain allowed) for operator PKI.' 'O|text64'
     'ONEAPP_FL_SSL_KEYFILE' 'configure' 'Base64 of the PEM private key of FL_SSL_CERTFILE.' 'O|text64'
     'ONEAPP_FL_CERT_EXTRA_SAN' 'configure' 'Extra names for the generated server certificate, comma-separated IP:a.b.c.d, IP:v6 or DNS:name (tunnel, public or NAT addresses SuperNodes dial). Ignored under operator PKI.' 'O|text'
-    'ONEAPP_FL_SUPERNODE_AUTH' 'configure' 'Only admitted SuperNodes may join (Flowers SuperNode authentication: each SuperNode proves its key). Needs TLS.' 'O|boolean'
+    'ONEAPP_FL_SUPERNODE_AUTH' 'configure' 'SuperLink: only admitted SuperNodes may join (Flowers SuperNode authentication: each proves its key). SuperNode: YES presents this VMs key, which the SuperLink must admit; NO lets Flower register a throwaway key itself, which only a SuperLink with FL_SUPERNODE_AUTH=NO accepts. Needs TLS.' 'O|boolean'
     'ONEAPP_FL_SUPERNODE_PUBLIC_KEYS' 'configure' 'SuperNodes admitted from other zones: their public keys, one per line as `flower-ctx node key` prints them (ecdsa-sha2-nistp384 AAAA... [name]). A key removed from here is unregistered.' 'O|text64'
     'ONEAPP_FL_SUPERNODE_AUTH_ONEGATE' 'configure' 'Also admit the SuperNodes of this VMs own OneFlow service (their FL_NODE_PUBLIC_KEY in OneGate).' 'O|boolean'
     'ONEAPP_FL_FIREWALL' 'configure' 'An nftables table of the appliances own (inet flower_ctx): Fleet port only from FL_FLEET_ALLOWED_SOURCES, Control ports never from outside, the WireGuard port open when wg0 is on. Gateway: the TCP MSS of connections forwarded through wg0 is clamped to the routes MTU.' 'O|boolean'
@@ -33,4 +33,6 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_WG_FORWARD' 'configure' 'Enable IPv4 forwarding (a hub between sites; always on a gateway).' 'O|boolean'
     'ONEAPP_FL_GATEWAY_ROUTES' 'configure' 'Networks reached through this zones site gateway rather than the default route, comma-separated (e.g. the tunnel network 10.10.9.0/24 with the SuperLinks address). The routes carry flower-ctxs route protocol and are reconciled at every configure.' 'O|text'
     'ONEAPP_FL_GATEWAY_ADDRESS' 'configure' 'The site gateways address on this VMs network. Empty with FL_GATEWAY_ROUTES: the VM of the gateway role of this VMs OneFlow service (its NIC address, read through OneGate).' 'O|text'
+    'ONEAPP_FL_APP_DEPENDENCIES' 'configure' 'Python packages the Flower apps need, as exact pins (numpy==1.26.4,pandas==2.2.2; at most 32). configure installs them into the agents virtualenv as wheels only, never changing a package Flower runs on; on failure it warns and Flower runs without them.' 'O|text'
+    'ONEAPP_FL_RUNTIME_DEPENDENCY_INSTALL' 'configure' 'Let Flower install each submitted apps own dependencies (uv sync from the package index, into a per-run environment). Whoever can submit a run then chooses what is downloaded here.' 'O|boolean'
 )

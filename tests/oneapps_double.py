@@ -58,7 +58,8 @@ What is emulated, and how:
   and exits. Exempt, as processes of other systemd units: what flower-ctx's built-in supervisor
   runs, which stands for systemd in the simulated VMs (there is no systemd there): every
   ``/opt/flower/run/*.pid`` holding ``pid starttime`` that matches a live process, that process's
-  descendants, and every process in its session when it leads one.
+  descendants, and every process in its session when it leads one; and wireguard-go daemons, which
+  flower-ctx starts as a transient unit of their own (``systemd-run``) on a VM with systemd.
 - **Warts kept.** net-99 trusts whatever status the last run left (a stale bootstrap_success is
   reported again); the service manager's ``flock -xn`` descriptor is inherited by everything a step
   starts, so a leftover that does not close it holds the lock and every later ``service`` call
@@ -366,6 +367,9 @@ def _unit_members(table: Mapping[int, _Proc]) -> set[int]:
         proc = table.get(pid)
         if proc is not None and proc.starttime == start:
             units.add(pid)
+    # wireguard-go: on a VM with systemd, flower-ctx runs it as its own transient unit (systemd-run in
+    # flower_ctx/wireguard/uapi.py spawn); here, without systemd, it is a plain daemon in our tree.
+    units |= {pid for pid in table if _cmdline(pid).split(" ")[0].endswith("/wireguard-go")}
     members = set(units)
     sessions = {pid for pid in units if table[pid].sid == pid}
     for pid in units:

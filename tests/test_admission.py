@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from flower_ctx import health
 from flower_ctx.admission import reconcile
 from flower_ctx.admission.control import ControlClient
 from flower_ctx.admission.keys import generate, parse_line
@@ -100,6 +101,22 @@ def test_only_admitted_supernodes_join_and_a_removed_key_is_locked_out(tmp_path:
     assert nodes["rogue"].popen.wait(30) != 0
     listed = {n.name: n.status for n in control.list_nodes()}
     assert listed == {"a": "online", "b": "online"}  # the rogue is not even a node: no task can target it
+    # A SuperNode with FL_SUPERNODE_AUTH=NO (no key: Flower registers a throwaway one) is refused too.
+    keyless = tmp_path / "keyless"
+    stage_runtime_config(keyless, "supernode", pki, superlink_address=f"127.0.0.1:{fleet}",
+                         http_api={"port": free_port()}, node_key=None)
+    lone = Proc(flower_ctx_argv("run", "supernode", "--root", str(keyless))).start()
+    procs.append(lone)
+    lone.wait_for("All SuperNodes must be registered", 60)
+    assert lone.popen.wait(30) != 0
+    # What status, doctor and FL_ERROR say, read from each refused SuperNode's real Flower output.
+    for root, proc, says in ((roots["rogue"][0], nodes["rogue"], health.NOT_ADMITTED),
+                             (keyless, lone, health.REGISTRATION_REFUSED)):
+        (root / "opt/flower/run").mkdir(parents=True, exist_ok=True)
+        (root / "opt/flower/run/supernode.log").write_text(proc.text())
+        assert health.refusal(Paths(root)) == says
+    assert "FL_SUPERNODE_AUTH=NO here" in health.NOT_ADMITTED
+    assert "FL_SUPERNODE_AUTH=YES here" in health.REGISTRATION_REFUSED
 
     # Lock-out: "a" removed from the list; reconciled as the watch does, the SuperLink keeps running.
     t0 = time.monotonic()

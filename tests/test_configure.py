@@ -65,8 +65,10 @@ def test_json_output(stage: Path) -> None:
     doc = json.loads(out.stdout)
     assert doc["changed"] is True
     assert [s["name"] for s in doc["steps"]] == [
-        "identity", "flower", "tls", "node key", "wireguard", "gateway routes", "firewall", "runtime"]
-    assert doc["steps"][2]["facts"]["ca_fingerprint"].startswith("sha256:")
+        "identity", "flower", "app dependencies", "tls", "node key", "wireguard", "gateway routes", "firewall",
+        "runtime"]
+    steps = {s["name"]: s for s in doc["steps"]}
+    assert steps["tls"]["facts"]["ca_fingerprint"].startswith("sha256:")
 
 
 @pytest.mark.parametrize("role", ["superlink", "supernode"])

@@ -372,3 +372,16 @@ def test_training_site_gateway_template_roles_and_inputs() -> None:
 def test_resolve_role_error_names_the_three_roles() -> None:
     with pytest.raises(ValidationError, match="superlink, supernode or gateway"):
         resolve("router", {})
+
+
+def test_metrics_of_a_gateway() -> None:
+    from flower_ctx import metrics
+
+    probe = {"address": "10.10.9.1:9092", "ok": False}
+    facts = {"role": "gateway", "gateway": {"forwarding": True, "superlink": probe},
+             "wireguard": {"peers": [{"public_key": HUB, "latest_handshake_age": 12.0}]}}
+    text = metrics.render(facts, ready=False, agent_version="x", now=0)
+    assert "flower_up" not in text  # no Flower on a gateway
+    assert "flower_gateway_forwarding 1" in text
+    assert 'flower_gateway_superlink_reachable{superlink="10.10.9.1:9092"} 0' in text
+    assert 'flower_ready{role="gateway"} 0' in text

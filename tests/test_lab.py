@@ -1,9 +1,12 @@
-"""The three-zone federation lab (tests/lab/three_zone.py) as tests: up, a real `flwr run` across the
-zones, every failure drill, down; and the operator guide's walkthrough checked against the commands
-the lab runs."""
+"""The three-zone federation lab (tests/lab/three_zone.py) as tests: the cloud process with a OneGate
+and a OneFlow double per zone (7.4 CLI, 6.10.5 CLI, 7.2 Sunstone), every VM booted through the
+one-apps double, the operator's walkthrough (OneFlow steps, updateconf), a real `flwr run` across
+the zones, every failure drill, down; and the operator guide's walkthrough checked against the
+commands the lab runs."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -13,7 +16,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.conftest import REPO, requires_flower, requires_netns, requires_nft, requires_wireguard_go
-from tests.lab.three_zone import DRILLS, NODES, WALKTHROUGH, Lab, lab_session
+from tests.lab.three_zone import DRILLS, WALKTHROUGH, Lab, down, lab_session, report
 
 F = TypeVar("F", bound=Callable[..., Any])
 GUIDE = REPO / "docs" / "multi-site-federation.md"
@@ -32,6 +35,22 @@ def test_guide_walkthrough_is_the_lab_walkthrough() -> None:
     cmds = guide_commands()
     assert cmds, "no ```sh lab blocks in the guide"
     assert set(cmds) == set(WALKTHROUGH), (sorted(set(cmds) - set(WALKTHROUGH)), sorted(set(WALKTHROUGH) - set(cmds)))
+    # In the order the lab runs them (first occurrences).
+    first = list(dict.fromkeys(cmds))
+    assert first == list(dict.fromkeys(WALKTHROUGH)), first
+
+
+def test_guide_names_every_answer_the_lab_gives() -> None:
+    """The instantiate answers the guide shows are the ones the lab types or fills in."""
+    from tests.lab.three_zone import ANSWERS
+
+    text = GUIDE.read_text()
+    for zone, values in ANSWERS.items():
+        for name, value in values.items():
+            shown = re.search(rf"^\s*{name}\s+= (.+)$", text, re.M)
+            assert shown, f"zone {zone}: {name} not in the guide's answers"
+            if not value.startswith("<"):
+                assert re.search(rf"^\s*{name}\s+= {re.escape(value)}\s*$", text, re.M), (zone, name, value)
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +74,30 @@ def lab_test(fn: F) -> F:
 
 @lab_test
 def test_up_and_train_across_three_zones(lab: Lab) -> None:
-    assert len(_lab_netns(lab.rig.tag)) == 7  # router + SuperLink + 4 SuperNodes + spare
-    for name in NODES:
-        assert lab.onegate(name)["READY"] == "YES"
-        assert lab.onegate(name)["FL_SUPERLINK"].endswith(":9092")
+    assert len(_lab_netns(lab.info["tag"])) == 7  # router + SuperLink + 3 SuperNode slots in B + 2 in C
+    nodes = lab.supernodes()
+    assert sorted((m["zone"], m["name"]) for m in nodes) == [
+        ("B", "supernode_0_(service_0)"), ("B", "supernode_1_(service_0)"),
+        ("C", "supernode_0_(service_0)"), ("C", "supernode_1_(service_0)")]
+    for m in nodes:
+        ut = lab.user_template(m["slot"])
+        assert ut["READY"] == "YES" and ut["FL_READY"] == "YES", ut
+        assert ut["FL_SUPERLINK"] == ("10.10.9.1:9092" if m["zone"] == "B" else "203.0.113.10:9092")
+        # Booted by one-apps only: net-90 ran configure and bootstrap, flower-ctx published READY.
+        assert m["jobs"][0]["kind"] == "boot" and m["jobs"][0]["result"]["status"] == "bootstrap_failure\n"
+    for zone in "ABC":
+        assert lab.service(zone)["state"] == "RUNNING"
+    # Two VMs of one role, two tunnel addresses from the pool.
+    addresses = sorted(json.loads(lab.vm(m["slot"]).path("/opt/flower/config/supernode.json").read_text())["wg_address"]
+                       for m in nodes if m["zone"] == "B")
+    assert addresses == ["10.10.9.66/27", "10.10.9.67/27"]
     # Each zone's OneGate answers its own zone only.
     probe = "import socket,sys; socket.create_connection((sys.argv[1], 5030), timeout=2); print('open')"
     own = lab.vm("b1").python(probe, "198.18.2.1", check=False)
     other = lab.vm("b1").python(probe, "198.18.1.1", check=False)
     assert own.stdout.strip() == "open" and other.returncode != 0
     result = lab.train(rounds=3)
-    assert result["rounds"] == 3 and result["nodes"] == len(NODES) and result["failures"] == 0
+    assert result["rounds"] == 3 and result["nodes"] == len(nodes) and result["failures"] == 0
     assert result["error"] < 0.05  # FedAvg over four partitions converged toward the true model
 
 
@@ -87,20 +119,27 @@ def _gone(pid: int) -> bool:
 
 
 @lab_test
-def test_walkthrough_commands_ran_and_down_leaves_nothing(lab: Lab) -> None:
+def test_walkthrough_commands_ran_readiness_never_lied_and_down_leaves_nothing(lab: Lab) -> None:
     missing = [c for c in WALKTHROUGH if c not in lab.ran]
     assert not missing, missing
-    holders = [vm.pid for vm in lab.rig.vms.values()]
-    flower = [p for vm in lab.rig.vms.values() for p in vm.pids()]
+    report(lab)  # the figures of the run (shown with -s)
+    audit = lab.request("audit")
+    assert audit["updates"] > 50 and audit["violations"] == 0, audit
+    scan = lab.request("scan", texts=lab.outputs)
+    assert scan["secrets"] > 20 and not scan["found_in"], scan
+    vms = [lab.vm(n) for n in lab.info["slots"]]
+    holders = [vm.pid for vm in vms]
+    flower = [p for vm in vms for p in vm.pids()]
     assert flower, "the lab should be running Flower processes"
-    vm_names = list(lab.rig.vms)
-    lab.rig.close()
-    assert _lab_netns(lab.rig.tag) == []
-    for pid in holders + flower:
+    cloud_pid = lab.state["cloud_pid"]
+    tag = lab.info["tag"]
+    down()
+    assert _lab_netns(tag) == []
+    for pid in [cloud_pid, *holders, *flower]:
         assert _gone(pid), f"process {pid} survived"
     # The VMs' mount namespaces died with their last process; nothing was ever created on the host's
     # own interfaces (the router-side veths and zone bridges lived in the router namespace).
     host_links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    ours = {f"r{n}" for n in vm_names} | {"bz1", "bz2", "bz3"}
+    ours = {f"r{n}" for n in lab.info["slots"]} | {"bz1", "bz2", "bz3"}
     assert not [ln for ln in host_links.splitlines() if ln.split(": ")[1].split("@")[0] in ours]
-
+    assert not Path("/run/fclab").exists()

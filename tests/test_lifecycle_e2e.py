@@ -132,6 +132,14 @@ def test_superlink_and_two_supernodes_boot_from_context(zone: tuple[Rig, OneGate
     link_status = flower_ctx(vms["link"], "status")
     assert "2 connected of 2 registered (SuperNode authentication on)" in link_status, link_status
     assert link_status.count("admitted onegate") == 2 and "heartbeat never" not in link_status
+    # The watch's metrics file, scraped with Prometheus' own parser.
+    from tests.test_metrics import families
+
+    prom = vms["link"].path("/var/lib/prometheus/node-exporter/flower_ctx.prom")
+    wait_for(lambda: prom.exists() and "flower_supernodes_connected 2" in prom.read_text(), 60, "the metrics file")
+    scraped = families(prom.read_text())
+    assert scraped["flower_up"][0].value == 1 and scraped["flower_ready"][0].value == 1
+    assert len(scraped["flower_supernode_last_heartbeat_age_seconds"]) == 2
     doctor = flower_ctx(vms["node1"], "doctor")
     assert "problem" not in doctor.split("\n")[0] and "ok       superlink" in doctor, doctor
     assert_no_token(*outputs, status, doctor, link_log.read_text(errors="replace"))

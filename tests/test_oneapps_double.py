@@ -476,7 +476,7 @@ if [ "$1" = bootstrap ]; then
             for fd in /proc/$$/fd/*; do fd=${fd##*/}; [ "$fd" -gt 2 ] && eval "exec $fd>&-"; done
         fi
         echo $$ >>/run/leftover/pids
-        exec sleep 3600' </dev/null >/dev/null 2>&1
+        exec "${LEFTOVER_EXEC:-sleep}" 3600' </dev/null >/dev/null 2>&1
 fi
 exec /opt/flower/venv/bin/flower-ctx "$@"
 """
@@ -549,6 +549,26 @@ def test_reconfigure_kills_what_a_step_left_behind_but_not_flower(zone: tuple[Ri
     oa.stop_unit(vm, "boot")
     wait_for(lambda: not alive(boot_leftover) and not alive(first.pid), 15, "one-context.service to stop")
     assert alive(link_pid)
+
+
+@in_vms
+@requires_flower
+def test_reconfigure_spares_wireguard_go(zone: tuple[Rig, OneGateServer]) -> None:
+    """On a VM with systemd flower-ctx runs wireguard-go as a transient unit of its own (systemd-run),
+    out of one-context-reconfigure's cgroup; without systemd it is a daemon in the unit's tree, which
+    the double spares like the supervised services (a hub switched on by updateconf keeps wg0)."""
+    lv = leftover_vm(zone, "wgspare", 6, 47)
+    vm = lv.vm
+    first = oa.boot(vm, lv.context, lv.fake.token)
+    assert oa.status(vm) == "bootstrap_success\n", first.output()
+    vm.run(["cp", "/bin/sleep", "/run/leftover/wireguard-go"])  # a daemon named like wireguard-go
+    again = oa.reconfigure(vm, {**lv.context, "LEFTOVER_EXEC": "/run/leftover/wireguard-go"})
+    assert again.script("net-90-service-appliance").rc == 0, again.output()
+    daemon = lv.leftovers()[-1]
+    assert alive(daemon) and again.killed == (), again.killed
+    # Anything else a reconfigure step leaves behind is still killed.
+    last = oa.reconfigure(vm, {**lv.context, "LEFTOVER_EXEC": "sleep", "FL_LOG_LEVEL": "DEBUG"})
+    assert [k.pid for k in last.killed] == [lv.leftovers()[-1]] and alive(daemon)
 
 
 @in_vms

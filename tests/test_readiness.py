@@ -65,6 +65,7 @@ def test_superlink_attrs_with_tls_and_wireguard(ca_pem: bytes) -> None:
         "FL_TLS": "YES",
         "FL_CA_CERT": base64.b64encode(ca_pem).decode(),
         "FL_CA_FINGERPRINT": "sha256:" + hashlib.sha256(der).hexdigest(),
+        "FL_CA_EXPIRES": x509.load_pem_x509_certificate(ca_pem).not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "FL_WG_PUBLIC_KEY": WG_PUB,
         "FL_WG_TUNNEL_ADDRESS": "10.10.9.0/31",
         "FL_GRPC_KEEPALIVE_TIME": "45",
@@ -216,7 +217,8 @@ def test_stale_material_is_removed_when_tls_is_turned_off(gate: OneGateServer, c
     assert "FL_CA_CERT" in gate.user_template(vm)
     plain = dataclasses.replace(cfg, tls_enabled=False, wg=None)
     result = publish_ready(_client(gate, vm), superlink_attrs(plain), lambda: HealthResult(True))
-    assert set(result.deleted) == {"FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_WG_PUBLIC_KEY", "FL_WG_TUNNEL_ADDRESS"}
+    assert set(result.deleted) == {"FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_CA_EXPIRES", "FL_WG_PUBLIC_KEY",
+                                   "FL_WG_TUNNEL_ADDRESS"}
     ut = gate.user_template(vm)
     assert ut["FL_TLS"] == "NO" and not {"FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_WG_PUBLIC_KEY"} & set(ut)
 

@@ -94,15 +94,37 @@ def test_first_ca_is_pinned_and_a_rewritten_one_is_refused(gate: OneGateServer, 
     assert boot.pinned_ca(paths)["fingerprint"] == evil_fp  # trust on first use again, by the operator's choice
 
 
-def test_exactly_one_ca_certificate_is_taken_from_onegate(gate: OneGateServer, tmp_path: Path) -> None:
+def test_exactly_one_ca_at_first_contact_and_a_rotation_bundle_only_through_the_pin(gate: OneGateServer,
+                                                                                   tmp_path: Path) -> None:
     link, node, _ = _service(gate)
-    bundle = make_ca_pem("one") + make_ca_pem("two")
-    link.user_template.update({"FL_TLS": "YES", "FL_ENDPOINT": "192.0.2.10:9092",
-                               "FL_CA_CERT": base64.b64encode(bundle).decode()})
+    one, two, nxt, evil = (make_ca_pem(n) for n in ("one", "two", "next", "evil"))
+    fp = lambda pem: fingerprint(load_certs(pem)[0])  # noqa: E731
+
+    def publish(bundle: bytes) -> None:
+        link.user_template.update({"FL_TLS": "YES", "FL_ENDPOINT": "192.0.2.10:9092",
+                                   "FL_CA_CERT": base64.b64encode(bundle).decode(), "FL_CA_FINGERPRINT": fp(bundle)})
+
     cfg = load_config("supernode", {"FL_TLS_ENABLED": "YES"})
-    with pytest.raises(DiscoveryTimeout, match="exactly one CA certificate"):
-        boot.discover(cfg, Paths(tmp_path / "n"), OneGateClient(access_for(gate, node)), 1.5, lambda _: None)
-    assert not (tmp_path / "n/opt/flower/certs/ca.crt").exists()
+    paths = Paths(tmp_path / "n")
+    client = OneGateClient(access_for(gate, node))
+    installed = lambda: [fingerprint(c) for c in load_certs(paths.ca_cert.read_bytes())]  # noqa: E731
+    # First contact: a bundle is published, exactly one CA is taken: the one FL_CA_FINGERPRINT names.
+    publish(one + two)
+    boot.discover(cfg, paths, client, 5, lambda _: None)
+    assert installed() == [fp(one)] and boot.pinned_ca(paths)["fingerprints"] == [fp(one)]
+    # A rotation on the SuperLink: the bundle holds the pinned CA, so it is taken whole (and pinned).
+    publish(one + nxt)
+    boot.discover(cfg, paths, client, 5, lambda _: None)
+    assert installed() == [fp(one), fp(nxt)]
+    # After the rotation the next CA heads the bundle; then the old one is dropped: still pinned.
+    publish(nxt)
+    boot.discover(cfg, paths, client, 5, lambda _: None)
+    assert installed() == [fp(nxt)] and boot.pinned_ca(paths)["fingerprint"] == fp(nxt)
+    # A bundle that holds no pinned CA is refused, whatever else it holds.
+    publish(evil + two)
+    with pytest.raises(boot.CaPinError):
+        boot.discover(cfg, paths, client, 5, lambda _: None)
+    assert installed() == [fp(nxt)]
 
 
 def test_a_discovered_endpoint_is_validated_like_an_address(gate: OneGateServer, tmp_path: Path) -> None:

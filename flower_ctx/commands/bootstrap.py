@@ -130,6 +130,10 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
             say(line)
     say(publish(config, paths, client, health))
     _start_watch(config, paths, sup, client, context_file)
+    if config.role is Role.SUPERLINK and config.tls_enabled:
+        done = sup.enable_timer("flower-ctx-renew")
+        if done:
+            say(done)
     if not health.ok:
         if health.waiting:
             say("not ready yet: the readiness watch publishes READY=YES when the SuperLink answers")

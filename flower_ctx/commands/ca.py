@@ -62,6 +62,8 @@ def export(root: Path | None, fmt: str) -> None:
     else:
         click.echo(base64.b64encode(data).decode("ascii"))
     click.echo(f"CA fingerprint: {pem.fingerprint(certs[0])}", err=True)
+    for extra in certs[1:]:  # a rotation's bundle: the next (or the previous) CA rides along
+        click.echo(f"also trusted (rotation): {pem.fingerprint(extra)}", err=True)
 
 
 @command.command("forget")
@@ -91,3 +93,81 @@ def forget(root: Path | None) -> None:
     unlink(paths.agent_dir / PIN)
     click.echo(f"forgot the pinned CA {pin.get('fingerprint')}; run `flower-ctx bootstrap --role supernode` to "
                "discover the SuperLink's CA again")
+
+
+@command.command("rotate")
+@click.option("--finish", is_flag=True, help="Switch to the next CA (once every SuperNode online trusts it).")
+@click.option("--drop-old", "drop_old", is_flag=True, help="After a finished rotation: drop the previous CA from the "
+              "trust bundle.")
+@click.option("--force", is_flag=True, help="With --finish: switch even though some SuperNodes online do not trust "
+              "the next CA yet (they lose the connection until they do).")
+@click.option("--context", "context_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="context.sh (default: the VM's; --finish re-issues the server certificate from it).")
+@click.option("--root", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Work on the tree under DIR (a tree made by `configure --root DIR`).")
+def rotate(finish: bool, drop_old: bool, force: bool, context_file: Path | None, root: Path | None) -> None:
+    """Rotate the SuperLink's generated CA while the federation runs, in three steps.
+
+    \b
+    flower-ctx ca rotate            make the next CA; publish the bundle (current + next):
+                                    SuperNodes of this service take it from OneGate, those of
+                                    other zones through FL_SSL_CA_CERTFILE = `ca export`
+    flower-ctx ca rotate --finish   once `status` shows every SuperNode trusts the next CA:
+                                    it becomes the CA, the server certificate is re-issued and
+                                    served without a restart
+    flower-ctx ca rotate --drop-old later, drop the previous CA from the bundle
+    """
+    from .. import rotation, tls
+    from ..lock import machine_lock
+    from ._common import load_validated
+
+    paths = paths_for(root)
+    if finish and drop_old:
+        raise click.UsageError("--finish and --drop-old are separate steps")
+    with machine_lock(paths):
+        if drop_old:
+            click.echo(f"dropped the previous CA {rotation.drop_old(paths)} from the bundle")
+            return
+        if not finish:
+            fp = rotation.start(paths)
+            click.echo(f"next CA {fp} made; the bundle (current + next) is published (`flower-ctx ca export` "
+                       "prints it). SuperNodes of this service take it from OneGate; set it as FL_SSL_CA_CERTFILE "
+                       "in the other zones. Then: flower-ctx ca rotate --finish")
+            return
+        st = rotation.state(paths) or {}
+        from ..admission.control import ControlClient, ControlError
+        from ..health import runtime_doc
+
+        doc = runtime_doc(paths, "superlink") or {}
+        http = doc.get("http_api") or {}
+        try:
+            nodes = ControlClient(str(http.get("host", "127.0.0.1")), int(http.get("port", 8000)),
+                                  read_file_or_none(paths.ca_cert), timeout=5.0).list_nodes()
+        except ControlError as exc:
+            if not force:
+                raise FlowerCtxError(f"cannot list the SuperNodes to check their trust ({exc}); "
+                                     "start Flower (flower-ctx bootstrap) or use --force") from None
+            nodes = []
+        behind = rotation.laggards(paths, str(st.get("next", "")), nodes)
+        if behind and not force:
+            lines = [f"  {b.name or '-'} (node {b.node_id}): trusts "
+                     f"{', '.join(b.trusts) if b.trusts else 'nothing announced recently'}" for b in behind]
+            raise FlowerCtxError(f"{len(behind)} SuperNode(s) online do not trust the next CA {st.get('next')} yet:\n"
+                                 + "\n".join(lines)
+                                 + "\ngive them the bundle (`flower-ctx ca export` into FL_SSL_CA_CERTFILE), then run "
+                                   "this again (or --force)")
+        new, previous = rotation.finish(paths)
+        config, _src, _table = load_validated("superlink", context_file, False, paths)
+        result = tls.apply(config, paths)
+        reissued = any(c.pending for c in result.changes if c.what.endswith("server.pem"))
+        click.echo(f"the CA is now {new} (previous {previous} stays in the bundle until --drop-old); "
+                   f"server certificate {'re-issued under it and served without a restart' if reissued else 'kept'}")
+
+
+def read_file_or_none(path: Path) -> bytes | None:
+    from ..files import read_file
+
+    try:
+        return read_file(path)
+    except (OSError, FlowerCtxError):
+        return None

@@ -34,7 +34,7 @@ def _steps() -> list[tuple[str, Step]]:
 
     Imported here, not at module level, so `configure --help` stays light.
     """
-    from .. import admission, agentstate, firewall, flowerversion, runtime, tls, wireguard
+    from .. import admission, agentstate, apps, firewall, flowerversion, runtime, tls, wireguard
     from ..gateway import routes as gateway_routes
     from ..model import Role
 
@@ -52,6 +52,7 @@ def _steps() -> list[tuple[str, Step]]:
 
     return [
         ("flower", flower_step),
+        ("app dependencies", apps.apply),
         ("tls", tls.apply),
         ("node key", admission.ensure_node_key),
         ("wireguard", wireguard.apply),

@@ -105,6 +105,8 @@ def flower_argv(doc: dict[str, Any]) -> list[str]:
             argv += ["--max-retries", str(doc["max_retries"])]
         if doc.get("max_wait_time"):
             argv += ["--max-wait-time", str(doc["max_wait_time"])]
+        if doc.get("runtime_dependency_install") is True:  # a SuperNode installs nothing unless asked
+            argv += ["--allow-runtime-dependency-installation"]
     argv += ["--host", str(http.get("host", "127.0.0.1"))]
     if http.get("port") is not None:
         argv += ["--port", str(http["port"])]
@@ -182,8 +184,10 @@ def prepare_environment(doc: dict[str, Any], env: dict[str, str] | None = None) 
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
     # Flower's SuperLink would otherwise `uv sync` every app's dependencies from the internet at run
-    # time: an appliance runs apps with what its virtualenv provides.
-    env.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    # time: an appliance runs apps with what its virtualenv provides (FL_APP_DEPENDENCIES) unless the
+    # operator opted in with FL_RUNTIME_DEPENDENCY_INSTALL. Set, not defaulted: CONTEXT decides.
+    opt_in = doc.get("runtime_dependency_install") is True
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "0" if opt_in else "1"
     return env  # type: ignore[return-value]
 
 
@@ -201,9 +205,30 @@ def install_keepalive(doc: dict[str, Any]) -> str:
 
     ka = doc["keepalive"]
     t, timeout = int(ka["time_s"]), int(ka["timeout_s"])
-    layer = grpc_patch.install(keepalive.client_options(t, timeout), keepalive.server_options(t, timeout))
+    client, interceptors = keepalive.client_options(t, timeout), []
+    tls = doc.get("tls") or {}
+    if tls.get("enabled"):
+        from .. import trust
+
+        if doc["role"] == "supernode":
+            client = [*client, ("grpc.primary_user_agent", _trust_agent(tls["ca_certfile"]))]
+        else:
+            interceptors.append(trust.interceptor(Path(doc["state_dir"]) / trust.REPORT))
+    layer = grpc_patch.install(client, keepalive.server_options(t, timeout), server_interceptors=interceptors)
     log.info("gRPC keepalive %ss/%ss installed on the %s layer (self-test passed)", t, timeout, layer)
     return layer
+
+
+def _trust_agent(ca_file: str) -> str:
+    """The user agent that tells the SuperLink which CAs this SuperNode trusts (a CA rotation waits
+    for it); empty when the file cannot be read (check_files names that)."""
+    from .. import trust
+    from ..files import read_file
+
+    try:
+        return trust.user_agent(read_file(ca_file))
+    except (OSError, FlowerCtxError):
+        return ""
 
 
 def _quiet_foreign_logs(level: str) -> None:
@@ -227,6 +252,11 @@ def run_role(role: str, paths: Paths) -> Any:
     _quiet_foreign_logs(doc.get("log_level", "INFO"))
     prepare_environment(doc)
     install_keepalive(doc)
+    tls = doc.get("tls") or {}
+    if doc["role"] == "superlink" and tls.get("enabled"):
+        from .. import certreload
+
+        certreload.install(tls["certfile"], tls["keyfile"])  # a renewed certificate without a restart
     entry = load_entry_point(argv[0])
     log.info("starting %s", " ".join(argv))  # paths only: no secret is ever on this command line
     sys.argv = argv

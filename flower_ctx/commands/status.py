@@ -121,6 +121,20 @@ def render(f: dict[str, Any]) -> list[str]:
             rows.append((label, text))
             if key == "server" and info["sans"]:
                 rows.append(("server sans", ",".join(info["sans"])))
+    bundle = tls.get("trust_bundle") or []
+    if len(bundle) > 1:
+        rows.append(("trust bundle", ", ".join(bundle)))
+    rot = tls.get("rotation")
+    if rot:
+        if rot.get("phase") == "started":
+            online = [n for n in (f.get("federation") or {}).get("supernodes", []) if n["status"] == "online"]
+            behind = [n["name"] or str(n["node_id"]) for n in online if rot.get("next") not in n.get("trusts", [])]
+            rows.append(("ca rotation", f"started: next CA {rot.get('next')}; " + (
+                f"not trusted yet by {', '.join(behind)}" if behind else
+                "every SuperNode online trusts it: flower-ctx ca rotate --finish")))
+        else:
+            rows.append(("ca rotation", f"finished: previous CA {rot.get('previous')} still in the bundle "
+                                        "(flower-ctx ca rotate --drop-old)"))
     pin = tls.get("pinned_ca")
     if pin:
         rows.append(("pinned ca", f"{pin['fingerprint']} (learnt from OneGate, SuperLink VM {pin.get('vm') or '?'})"))

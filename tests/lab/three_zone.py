@@ -1,17 +1,26 @@
-"""The three-zone federation lab: one Flower federation across three simulated OpenNebula zones.
+"""The three-zone federation lab: one Flower federation across three simulated OpenNebula zones,
+created the way OpenNebula runs it.
 
     python -m tests.lab.three_zone up | train | drill NAME | down | all
 
-Zone A (198.18.1.0/24) holds the SuperLink VM, zones B and C (198.18.2/3.0/24) two SuperNode VMs
-each plus, in B, a spare VM the drills use. A WAN router namespace joins the zones: it gives the
-SuperLink the "public" address 203.0.113.10 by 1:1 NAT, forwards nothing else between zones, and
-serves each zone its own OneGate double on the zone gateway (reachable from that zone only).
+``up`` starts the lab's cloud (``tests/lab/cloud.py``: per zone a OneGate and a OneFlow double of
+that zone's OpenNebula version, and pre-built appliance VMs booted through the one-apps double) in
+a background process, then runs the operator's walkthrough of docs/multi-site-federation.md, command
+for command: VM templates from ``flower-ctx oneflow vm-template``, service templates from
+``flower-ctx oneflow template``, ``oneflow-template create`` and ``instantiate`` (prompted, zones A
+and B) or Sunstone's form (zone C), ``flower-ctx ca export`` and ``wg keygen`` on the SuperLink,
+``flower-ctx wg peer`` and ``node key`` on the training sites' SuperNodes, and ``onevm updateconf``
+of the SuperLink with their tunnel peers and admission keys. Nothing is run by hand at boot: every
+VM is configured and bootstrapped by one-apps (net-90) and reports READY through flower-ctx and
+net-99. ``train`` runs ``flwr run`` on the SuperLink VM; ``drill NAME`` one failure drill; ``down``
+stops the cloud by PID and removes everything; ``all`` does up, train, every drill and down.
 
-Both cross-zone transports of the operator guide run at once: b1 and c1 are WireGuard spokes of a
-hub on the SuperLink and dial 10.10.9.1:9092 through the tunnel; b2 and c2 dial the public address
-203.0.113.10:9092 with TLS. Every VM is configured only by ``flower-ctx configure`` + ``bootstrap``
-from a context.sh written the way OpenNebula writes it (OneFlow's empty inputs included); the CA
-goes from zone A to B/C by ``flower-ctx ca export`` into ``FL_SSL_CA_CERTFILE``, as the guide says.
+Zone A (198.18.1.0/24, OpenNebula 7.4, CLI): the coordinator service, one SuperLink VM, which is
+also the WireGuard hub 10.10.9.1 and is reached from the WAN at 203.0.113.10 (1:1 NAT in the
+router). Zone B (198.18.2.0/24, 6.10.5, CLI): a training site of two SuperNodes over WireGuard, their
+tunnel addresses taken from the pool 10.10.9.64/27 (a third VM is kept for the scale drill).
+Zone C (198.18.3.0/24, 7.2, Sunstone): a training site of two SuperNodes dialling the public address
+with TLS. Each zone's OneGate answers that zone only.
 
 Must run as root with ``ip netns``, wireguard-go and nftables. ``down`` (and every failure path of
 ``all``) leaves no namespace, interface, mount or process behind.
@@ -20,7 +29,6 @@ Must run as root with ``ip netns``, wireguard-go and nftables. ``down`` (and eve
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
@@ -32,44 +40,68 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from tests.rig import Rig, SimVM, cleanup_leftovers, write_context
+from tests.lab import cloud
+from tests.lab.cloud import PREFIX, PUBLIC_IP, SUPERLINK_TEMPLATE_ID, SUPERNODE_TEMPLATE_ID, CloudError
+from tests.rig import Rig, SimVM, cleanup_leftovers
 
-PREFIX = "fclab"
 REPO = Path(__file__).resolve().parents[2]
 APP_DIR = Path(__file__).resolve().parent / "app"
-STATE_DIR = Path("/run/fclab")
+STATE_DIR = cloud.DEFAULT_DIR
 STATE = STATE_DIR / "state.json"
+OPS = STATE_DIR / "ops"  # the operator's working directories, one per zone front-end
 
-PUBLIC_IP = "203.0.113.10"  # the SuperLink's "public" address (1:1 NAT in the router)
 HUB_WG = "10.10.9.1"
-OG_PORT = 5030
-ZONES = {"A": 1, "B": 2, "C": 3}
-# name -> (zone letter, transport); the order is the boot order of `up`.
-NODES = {"b1": ("B", "wg"), "b2": ("B", "public"), "c1": ("C", "wg"), "c2": ("C", "public")}
-SPARE = "b3"  # zone B, used by the drills that need a SuperNode of their own
-VM_IDS = {"link": 10, "b1": 20, "b2": 21, "b3": 22, "c1": 30, "c2": 31}
-SERVICE_IDS = {"A": 100, "B": 200, "C": 300}
-WG_ADDR = {"b1": "10.10.9.2", "c1": "10.10.9.3"}
-ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-NAT_TIMEOUT_S = 15  # the aggressive NAT's established-timeout (drill "nat"): above keepalive 10 s, below heartbeat gaps
+WG_POOL = "10.10.9.64/27"  # zone B's SuperNodes: host 2 + the VM's number in its role
+VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NAT_TIMEOUT_S = 12  # the aggressive NAT's established-timeout (drill "nat"): above keepalive 10 s, below heartbeat gaps
+
+ANSWERS = {  # what the operator types (zones A, B) or fills in (zone C); "" everywhere else
+    "A": {"FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
+    "B": {"FL_SSL_CA_CERTFILE": "<flower-ctx ca export>", "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092",
+          "FL_NODE_CONFIG": "site=2", "FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": WG_POOL,
+          "FL_WG_PEER_PUBLIC_KEY": "<hub public key>", "FL_WG_PEER_ENDPOINT": f"{PUBLIC_IP}:51820",
+          "FL_WG_PEER_ALLOWED_IPS": f"{HUB_WG}/32"},
+    "C": {"FL_SSL_CA_CERTFILE": "<flower-ctx ca export>", "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092",
+          "FL_NODE_CONFIG": "site=3"},
+}
 
 # The walkthrough of docs/multi-site-federation.md, command for command (tests/test_lab.py checks
-# the guide against this list, and that the lab really ran each one).
+# the guide's ```sh lab blocks against this list, and that the lab really ran each one).
 WALKTHROUGH = [
-    "flower-ctx oneflow template coordinator --superlink-template-id 11",
-    "flower-ctx oneflow template training-site --supernode-template-id 12 --supernodes 2",
-    "flower-ctx wg keygen",
-    "flower-ctx configure --role superlink",
-    "flower-ctx bootstrap --role superlink --wait 120",
+    # zone A front-end
+    "flower-ctx oneflow vm-template superlink > superlink-context.txt",
+    f"onetemplate update {SUPERLINK_TEMPLATE_ID} superlink-context.txt --append",
+    f"flower-ctx oneflow template coordinator --superlink-template-id {SUPERLINK_TEMPLATE_ID} > coordinator.json",
+    "oneflow-template create coordinator.json",
+    "oneflow-template instantiate 0",
+    "oneflow show 0",
+    # the SuperLink VM
     "flower-ctx status",
     "flower-ctx ca export",
-    "flower-ctx configure --role supernode",
-    "flower-ctx bootstrap --role supernode --wait 120",
+    "flower-ctx wg keygen",
+    # zone B front-end (OpenNebula 6.10)
+    "flower-ctx oneflow vm-template supernode --opennebula 6.10 > supernode-context.txt",
+    f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append",
+    f"flower-ctx oneflow template training-site --opennebula 6.10 --supernode-template-id {SUPERNODE_TEMPLATE_ID}"
+    " > training-site.json",
+    "oneflow-template create training-site.json",
+    # zone C front-end (OpenNebula 7)
+    "flower-ctx oneflow vm-template supernode > supernode-context.txt",
+    f"flower-ctx oneflow template training-site --supernode-template-id {SUPERNODE_TEMPLATE_ID} > training-site.json",
+    # the training sites' SuperNode VMs
+    "flower-ctx wg peer",
+    "flower-ctx node key",
+    # zone A front-end again
+    "onevm updateconf 100 superlink-update.txt --append",
+    "rm superlink-update.txt",
+    # checks
     "flower-ctx doctor",
     "flwr run . lab --stream",
 ]
-DRILLS = ["tunnel", "superlink-restart", "wrong-ca", "san-missing", "zone-b-first", "nat"]
+DRILLS = ["tunnel", "readiness-outage", "superlink-restart", "wrong-ca", "san-missing", "bad-context",
+          "zone-b-first", "scale", "nat"]
 
 
 class LabError(AssertionError):
@@ -91,230 +123,301 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, step: f
         time.sleep(step)
 
 
-ROUTER_NFT = """
-table ip fclab {
-  chain prerouting {
-    type nat hook prerouting priority dstnat; policy accept;
-    ip daddr %(public)s dnat to %(link)s
-  }
-  chain postrouting {
-    type nat hook postrouting priority srcnat; policy accept;
-    ip saddr %(link)s oifname != "bz1" snat to %(public)s
-  }
-  chain forward {
-    type filter hook forward priority filter; policy drop;
-    ct state invalid drop
-    ct state established,related accept
-    ct status dnat accept
-    iifname "bz1" accept
-  }
-  chain input {
-    type filter hook input priority filter; policy accept;
-    tcp dport %(og)d ip daddr 198.18.1.1 iifname != "bz1" drop
-    tcp dport %(og)d ip daddr 198.18.2.1 iifname != "bz2" drop
-    tcp dport %(og)d ip daddr 198.18.3.1 iifname != "bz3" drop
-  }
-}
-"""
+def typed_answers(template: dict[str, Any], values: dict[str, str]) -> str:
+    """The lines an operator types at ``oneflow-template instantiate``'s prompts: the value, the
+    option's number for a list, Enter (empty) for the default."""
+    inputs = template.get("user_inputs") or template.get("custom_attrs") or {}
+    lines = []
+    for key, spec in inputs.items():
+        cfg = str(spec).split("|")
+        value = values.get(key)
+        if value is None:
+            lines.append("")
+        elif cfg[1].strip() == "list":
+            lines.append(str(cfg[3].split(",").index(value)))
+        else:
+            lines.append(value)
+    return "\n".join(lines) + "\n"
 
 
 @dataclass
 class Lab:
-    rig: Rig
-    tokens: dict[str, str] = field(default_factory=dict)  # VM name -> OneGate token (never printed)
-    values: dict[str, dict[str, str]] = field(default_factory=dict)  # VM name -> CONTEXT
+    info: dict[str, Any]  # the cloud process: pid, rig tag, slots, zones
+    state: dict[str, Any] = field(default_factory=dict)  # kept across invocations (state.json)
     ran: list[str] = field(default_factory=list)  # operator commands run, as typed
     figures: dict[str, float] = field(default_factory=dict)
-    ca_b64: str = ""  # `flower-ctx ca export` of the SuperLink
     last_errors: list[str] = field(default_factory=list)  # error replies of the last `flwr run`
+    outputs: list[str] = field(default_factory=list, repr=False)  # what the operator's commands printed
 
     # ------------------------------------------------------------------ plumbing
 
+    def request(self, op: str, timeout: float = 600, **args: Any) -> Any:
+        return cloud.request(STATE_DIR, op, timeout=timeout, **args)
+
+    @property
+    def rig(self) -> Rig:
+        return Rig.attach(PREFIX, self.info["tag"], [self.vm(n) for n in self.info["slots"]])
+
+    def vm(self, slot: str) -> SimVM:
+        s = self.info["slots"][slot]
+        return SimVM.attach(s["netns"], slot, s["index"], s["host"], s["pid"])
+
     @property
     def link(self) -> SimVM:
-        return self.rig.vms["link"]
+        return self.vm("link")
 
-    def vm(self, name: str) -> SimVM:
-        return self.rig.vms[name]
+    def machines(self, zone: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
+        return [m for m in self.request("vms", zone=zone) if role is None or m["role"] == role]
 
-    def fctx(self, vm: SimVM, *args: str, check: bool = True, timeout: float = 240,
-             stdout_only: bool = False) -> tuple[int, str]:
-        """``flower-ctx ARGS`` inside ``vm``, recorded as the operator would type it."""
-        self.ran.append(" ".join(("flower-ctx", *args)))
-        r = vm.run([sys.executable, "-m", "flower_ctx", *args], check=False, timeout=timeout, env=ENV)
-        out = r.stdout if stdout_only else r.stdout + r.stderr
+    def supernodes(self) -> list[dict[str, Any]]:
+        return [m for m in self.machines(role="supernode") if m["powered"]]
+
+    def machine(self, slot: str) -> dict[str, Any]:
+        return next(m for m in self.machines() if m["slot"] == slot)
+
+    def user_template(self, slot: str) -> dict[str, str]:
+        """The VM's USER_TEMPLATE as its zone's OneGate holds it."""
+        m = self.machine(slot)
+        return self.request("user-templates", zone=m["zone"])[str(m["vmid"])]
+
+    def front_end(self, zone: str, cmd: str, stdin: str | None = None, check: bool = True,
+                  record: bool = True) -> tuple[int, str]:
+        """An operator command against zone ZONE's front-end (ONE_XMLRPC / ONEFLOW_URL point there),
+        run by ``sh`` as typed, in that zone's working directory."""
+        if record:
+            self.ran.append(cmd)
+        workdir = OPS / zone
+        workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fe = self.info["zones"][zone]["frontend"]
+        env = {"PATH": f"{STATE_DIR / 'bin'}:{Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
+               "ONE_XMLRPC": f"http://{fe}:2633/RPC2", "ONEFLOW_URL": f"http://{fe}:2474", "LANG": "C.UTF-8",
+               "HOME": str(workdir)}
+        r = subprocess.run(["sh", "-c", cmd], cwd=workdir, env=env, input=stdin, capture_output=True, text=True,
+                           timeout=300)
+        out = r.stdout + r.stderr
+        self.outputs.append(out)
         if check and r.returncode != 0:
-            raise LabError(f"[{vm.name}] flower-ctx {' '.join(args)} -> {r.returncode}\n{out}")
+            raise LabError(f"[zone {zone}] {cmd} -> {r.returncode}\n{out[-3000:]}")
         return r.returncode, out
 
-    def boot_files(self, name: str, values: dict[str, str]) -> None:
-        """What one-context leaves behind: context.sh.network (0400) and one_env with TOKENTXT."""
-        vm = self.vm(name)
-        self.values[name] = values
-        ctx = vm.path("/run/one-context/context.sh.network")
-        if ctx.exists():
-            ctx.chmod(0o600)
-        write_context(ctx, values)
-        ctx.chmod(0o400)
-        env = vm.path("/run/one-context/one_env")
-        env.write_text(f'export TOKENTXT="{self.tokens[name]}"\nexport VMID="{values["VMID"]}"\n'
-                       f'export ONEGATE_ENDPOINT="{values["ONEGATE_ENDPOINT"]}"\n')
-        env.chmod(0o400)
-
-    def base_context(self, name: str) -> dict[str, str]:
-        vm = self.vm(name)
-        return {
-            "ETH0_IP": str(vm.eth0_ip), "ETH0_MASK": "255.255.255.0", "ETH0_GATEWAY": str(vm.gateway),
-            "ETH0_MAC": f"02:00:c6:12:{vm.zone:02x}:{int(str(vm.eth0_ip).rsplit('.', 1)[1]):02x}",
-            "NETWORK": "YES", "TOKEN": "YES", "REPORT_READY": "YES", "VMID": str(VM_IDS[name]),
-            "ONEGATE_ENDPOINT": f"http://{vm.gateway}:{OG_PORT}", "SET_HOSTNAME": name,
-            # OneFlow passes every declared but unanswered user input as ''.
-            "FL_LOG_LEVEL": "", "FL_ISOLATION": "", "FLOWER_VERSION": "", "FL_NODE_CONFIG": "",
-            "FL_GRPC_KEEPALIVE_TIME": "", "FL_GRPC_KEEPALIVE_TIMEOUT": "", "FL_TLS_ENABLED": "YES",
-            "FL_WG_ENABLED": "", "FL_WG_PRIVATE_KEY": "", "FL_WG_PEERS": "", "FL_SSL_CA_CERTFILE": "",
-        }
-
-    def onegate(self, name: str) -> dict[str, str]:
-        """The VM's USER_TEMPLATE as its zone's OneGate holds it (GET /vm from inside the VM)."""
-        vm = self.vm(name)
-        code = ("import json,sys,urllib.request as u\n"
-                "r=u.Request(sys.argv[1]+'/vm',headers={'X-ONEGATE-TOKEN':sys.stdin.read(),"
-                "'X-ONEGATE-VMID':sys.argv[2]})\n"
-                "print(json.dumps(json.load(u.urlopen(r,timeout=5))['VM']['USER_TEMPLATE']))")
-        r = vm.run([sys.executable, "-c", code, f"http://{vm.gateway}:{OG_PORT}", str(VM_IDS[name])],
-                   input=self.tokens[name], timeout=30)
-        return json.loads(r.stdout)
+    def on_vm(self, slot: str, cmd: str, check: bool = True, record: bool = True, stdout_only: bool = False,
+              timeout: float = 240) -> tuple[int, str]:
+        """An operator command on a VM (what `ssh root@VM CMD` runs), the appliance's PATH."""
+        if record:
+            self.ran.append(cmd)
+        r = self.vm(slot).run(["env", "-C", "/root", "sh", "-c", cmd], check=False, timeout=timeout,
+                              env={"PATH": VM_PATH, "LANG": "C.UTF-8", "HOME": "/root"})
+        out = r.stdout if stdout_only else r.stdout + r.stderr
+        self.outputs.append(r.stdout + r.stderr)
+        if check and r.returncode != 0:
+            raise LabError(f"[{slot}] {cmd} -> {r.returncode}\n{r.stdout[-3000:]}{r.stderr[-3000:]}")
+        return r.returncode, out
 
     def superlink_log(self) -> str:
         return self.link.path("/opt/flower/run/superlink.log").read_text(errors="replace")
 
-    def node_log(self, name: str) -> str:
-        p = self.vm(name).path("/opt/flower/run/supernode.log")
+    def node_log(self, slot: str) -> str:
+        p = self.vm(slot).path("/opt/flower/run/supernode.log")
         return p.read_text(errors="replace") if p.exists() else ""
 
-    def flower_pid(self, vm: SimVM, role: str) -> int:
-        return int(vm.path(f"/opt/flower/run/{role}.pid").read_text().split()[0])
+    def flower_pid(self, slot: str, service: str) -> int:
+        return int(self.vm(slot).path(f"/opt/flower/run/{service}.pid").read_text().split()[0])
 
-    def doctor(self, name: str, role: str = "supernode") -> dict[str, dict[str, str]]:
-        self.ran.append("flower-ctx doctor")
-        r = self.vm(name).run([sys.executable, "-m", "flower_ctx", "doctor", "--role", role, "--json"],
-                              check=False, timeout=120, env=ENV)
+    def doctor(self, slot: str) -> dict[str, dict[str, str]]:
+        r = self.vm(slot).run(["flower-ctx", "doctor", "--json"], check=False, timeout=120,
+                              env={"PATH": VM_PATH})
         doc = json.loads(r.stdout[: r.stdout.rindex("}") + 1])
         checks: dict[str, dict[str, str]] = {}
         for c in doc["checks"]:
             checks.setdefault(c["name"], c)
         return checks
 
+    def ready(self, slot: str) -> bool:
+        ut = self.user_template(slot)
+        return ut.get("READY") == "YES" and ut.get("FL_READY") == "YES"
+
+    def wait_ready(self, slots: list[str], timeout: float, what: str = "") -> dict[str, float]:
+        """Seconds until each VM shows FL_READY=YES and READY=YES in its zone's OneGate."""
+        t0, took = time.monotonic(), {}
+        while True:
+            for s in slots:
+                if s not in took and self.ready(s):
+                    took[s] = time.monotonic() - t0
+            if len(took) == len(slots):
+                return took
+            if time.monotonic() - t0 > timeout:
+                late = {s: self.user_template(s).get("FL_ERROR") for s in slots if s not in took}
+                raise LabError(f"not READY after {timeout:.0f}s{' ' + what if what else ''}: {late}")
+            time.sleep(0.5)
+
+    def service(self, zone: str) -> dict[str, Any]:
+        return self.request("oneflow-show", zone=zone, id=self.state["services"][zone])
+
+    def wait_service(self, zone: str, state: str, timeout: float) -> float:
+        return wait_for(lambda: self.service(zone)["state"] == state, timeout,
+                        f"zone {zone}'s service to be {state}")
+
+    def wait_jobs(self, zone: str | None = None, timeout: float = 300) -> list[dict[str, Any]]:
+        """Until the VMs' boots and reconfigures (one-apps) have ended; their records."""
+        return self.request("wait", zone=zone, limit=timeout, timeout=timeout + 30)
+
+    def updateconf(self, slot: str, values: dict[str, str], name: str, record: bool = False) -> dict[str, Any]:
+        """``onevm updateconf VMID FILE --append`` with a CONTEXT section of ``values``; waits until the
+        VM's one-context reconfigure (net-90: configure + bootstrap, net-99) has ended."""
+        m = self.machine(slot)
+        body = ",\n".join(f'  {k} = "{v}"' for k, v in values.items())
+        path = OPS / m["zone"] / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"CONTEXT = [\n{body} ]\n")
+        self.front_end(m["zone"], f"onevm updateconf {m['vmid']} {name} --append", record=record)
+        # The reconfigure job is queued before the command returns: wait for it to end.
+        [doc] = self.request("wait", zone=m["zone"], vmids=[m["vmid"]], limit=300, timeout=330)
+        job = doc["jobs"][-1]
+        if job["error"]:
+            raise LabError(f"{slot}: reconfigure failed in the double:\n{job['error']}")
+        return job["result"]
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(STATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"info": self.info, "state": self.state}, fh)
+
+    @classmethod
+    def load(cls) -> Lab:
+        doc = json.loads(STATE.read_text())
+        return cls(doc["info"], doc["state"])
+
+    @classmethod
+    def start(cls) -> Lab:
+        """Start the cloud process (a previous lab is removed first) and the operator's tools."""
+        from tests.lab.one_cli import install_shims
+
+        down()
+        t0 = time.monotonic()
+        pid = cloud.start(STATE_DIR)
+        lab = cls(cloud.request(STATE_DIR, "info"))
+        lab.state["cloud_pid"] = pid
+        install_shims(STATE_DIR)
+        lab.save()
+        lab.figures["cloud_start_s"] = time.monotonic() - t0
+        return lab
+
     # ------------------------------------------------------------------ up
 
-    def build_network(self) -> None:
-        for name, zone in (("link", 1), ("b1", 2), ("b2", 2), (SPARE, 2), ("c1", 3), ("c2", 3)):
-            self.rig.add_vm(name, zone)
-        self.rig.router_run("nft", "-f", "-", input=ROUTER_NFT % {
-            "public": PUBLIC_IP, "link": self.link.eth0_ip, "og": OG_PORT})
-        # Strict conntrack: a packet of a flow the NAT forgot is dropped, not picked up mid-stream.
-        self.rig.router_run("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0")
-
-    def start_onegates(self) -> None:
-        """One OneGate double per zone, bound to the zone gateway in the router namespace."""
-        STATE_DIR.mkdir(mode=0o700, exist_ok=True)
-        members = {"A": ["link"], "B": ["b1", "b2", SPARE], "C": ["c1", "c2"]}
-        for zone, names in members.items():
-            spec = {"vms": [{"id": VM_IDS[n], "name": n, "ips": [str(self.vm(n).eth0_ip)]} for n in names],
-                    "services": [{"id": SERVICE_IDS[zone], "name": f"flower-{zone.lower()}",
-                                  "roles": {"superlink" if zone == "A" else "supernode": [VM_IDS[n] for n in names]}}]}
-            spec_file, tok_file = STATE_DIR / f"og-{zone}.json", STATE_DIR / f"og-{zone}.tokens"
-            spec_file.write_text(json.dumps(spec))
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.rig.router, sys.executable, "-m", "tests.onegate_server",
-                 "--host", f"198.18.{ZONES[zone]}.1", "--port", str(OG_PORT), "--spec", str(spec_file),
-                 "--tokens", str(tok_file)],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
-            assert proc.stdout is not None
-            if not proc.stdout.readline():
-                raise LabError(f"OneGate of zone {zone} did not start")
-            proc.stdout.close()
-            ids = json.loads(tok_file.read_text())
-            self.tokens.update({n: ids[str(VM_IDS[n])] for n in names})
-
-    def service_templates(self) -> None:
-        """The OneFlow templates of the guide: one coordinator (zone A), one training site per zone.
-        The lab's OneGate doubles hold the services these templates describe."""
-        for args in (("coordinator", "--superlink-template-id", "11"),
-                     ("training-site", "--supernode-template-id", "12", "--supernodes", "2")):
-            _, out = self.fctx(self.vm(SPARE), "oneflow", "template", *args, stdout_only=True)
-            roles = [r["name"] for r in json.loads(out)["roles"]]
-            if roles != (["superlink"] if args[0] == "coordinator" else ["supernode"]):
-                raise LabError(f"unexpected {args[0]} template roles: {roles}")
-
-    def keygen(self) -> tuple[str, str]:
-        """`flower-ctx wg keygen` on the operator's workstation (here: inside the spare VM)."""
-        _, out = self.fctx(self.vm(SPARE), "wg", "keygen")
-        found = dict(re.findall(r"^(private|public) key\s+(\S+)", out, re.M))
-        return found["private"], found["public"]
-
-    def superlink_context(self, spokes: dict[str, str], extra_san: bool = True) -> dict[str, str]:
-        peers = "".join(f"[Peer]\nPublicKey = {pub}\nAllowedIPs = {WG_ADDR[n]}/32\n\n" for n, pub in spokes.items())
-        return {**self.base_context("link"),
-                "FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}" if extra_san else "",
-                "FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": f"{HUB_WG}/24", "FL_WG_FORWARD": "NO",
-                "FL_WG_PEERS": base64.b64encode(peers.encode()).decode()}
-
-    def supernode_context(self, name: str, ca_b64: str, transport: str, wg_key: str = "", hub_pub: str = "",
-                          partition: int = 0) -> dict[str, str]:
-        values = {**self.base_context(name), "FL_SSL_CA_CERTFILE": ca_b64,
-                  "FL_NODE_CONFIG": f"partition-id={partition}"}
-        if transport == "wg":
-            values.update({"FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092", "FL_WG_ENABLED": "YES",
-                           "FL_WG_ADDRESS": f"{WG_ADDR[name]}/24", "FL_WG_PRIVATE_KEY": wg_key,
-                           "FL_WG_PEER_PUBLIC_KEY": hub_pub, "FL_WG_PEER_ENDPOINT": f"{PUBLIC_IP}:51820",
-                           "FL_WG_PEER_ALLOWED_IPS": f"{HUB_WG}/32"})
-        else:
-            values["FL_SUPERLINK_ADDRESS"] = f"{PUBLIC_IP}:9092"
-        return values
+    def instantiate_cli(self, zone: str, template_file: str, values: dict[str, str]) -> int:
+        _, out = self.front_end(zone, f"oneflow-template create {template_file}")
+        tid = int(re.search(r"ID: (\d+)", out).group(1))  # type: ignore[union-attr]
+        answers = typed_answers(json.loads((OPS / zone / template_file).read_text()), values)
+        _, out = self.front_end(zone, f"oneflow-template instantiate {tid}", stdin=answers)
+        return int(re.findall(r"^ID: (\d+)", out, re.M)[-1])
 
     def up(self) -> None:
         t0 = time.monotonic()
-        self.build_network()
-        self.start_onegates()
+        # Zone A: the coordinator service (OpenNebula 7.4, the CLI).
+        self.front_end("A", "flower-ctx oneflow vm-template superlink > superlink-context.txt")
+        self.front_end("A", f"onetemplate update {SUPERLINK_TEMPLATE_ID} superlink-context.txt --append")
+        self.front_end("A", "flower-ctx oneflow template coordinator --superlink-template-id "
+                            f"{SUPERLINK_TEMPLATE_ID} > coordinator.json")
+        sid = self.instantiate_cli("A", "coordinator.json", ANSWERS["A"])
+        self.state["services"] = {"A": sid}
+        self.wait_service("A", "RUNNING", 180)
+        _, shown = self.front_end("A", f"oneflow show {sid}")
+        link = self.machine("link")
+        self.state["link_vmid"] = link["vmid"]
+        self.figures["up.zone_a_s"] = time.monotonic() - t0
+        log(f"up: zone A: service {sid} RUNNING, SuperLink VM {link['vmid']} {link['name']} READY "
+            f"({self.figures['up.zone_a_s']:.1f}s)")
+        # On the SuperLink VM: what the training sites need.
+        self.on_vm("link", "flower-ctx status")
+        _, ca = self.on_vm("link", "flower-ctx ca export", stdout_only=True)
+        self.state["ca_b64"] = ca.strip()
+        _, keys = self.on_vm("link", "flower-ctx wg keygen")
+        self.outputs.pop()  # the private key is printed because it was asked for: not a leak to scan for
+        found = dict(re.findall(r"^(private|public) key\s+(\S+)", keys, re.M))
+        hub_private, self.state["hub_pub"] = found["private"], found["public"]
         self.save()
-        self.service_templates()
-        spoke_keys = {n: self.keygen() for n, (_, tr) in NODES.items() if tr == "wg"}
-        # Zone A: the SuperLink and WireGuard hub.
-        self.boot_files("link", self.superlink_context({n: k[1] for n, k in spoke_keys.items()}))
-        self.fctx(self.link, "configure", "--role", "superlink")
-        _, out = self.fctx(self.link, "bootstrap", "--role", "superlink", "--wait", "120")
-        if "ready: Fleet API" not in out:
-            raise LabError(out)
-        _, status = self.fctx(self.link, "status")
-        hub_pub = re.search(r"wg public key\s+(\S+)", status)
-        if hub_pub is None:
-            raise LabError(f"no WireGuard public key in status:\n{status}")
-        _, ca = self.fctx(self.link, "ca", "export", stdout_only=True)
-        self.ca_b64 = ca.strip()
-        # Zones B and C: SuperNodes; the CA pasted into FL_SSL_CA_CERTFILE.
-        for i, (name, (_, transport)) in enumerate(NODES.items()):
-            key = spoke_keys.get(name, ("", ""))[0]
-            self.boot_files(name, self.supernode_context(name, self.ca_b64, transport, key, hub_pub.group(1), i))
-            self.fctx(self.vm(name), "configure", "--role", "supernode")
-            _, out = self.fctx(self.vm(name), "bootstrap", "--role", "supernode", "--wait", "120")
-            if "ready: SuperNode running" not in out:
-                raise LabError(f"{name}: {out}")
-        wait_for(lambda: self.superlink_log().count("Activated node_id") >= len(NODES), 90, "4 registrations")
-        for name in NODES:
-            ut = self.onegate(name)
-            if ut.get("READY") != "YES":
-                raise LabError(f"{name} not READY in OneGate: {ut}")
-        _, doc = self.fctx(self.vm("b1"), "doctor")
+        fill = {"<flower-ctx ca export>": self.state["ca_b64"], "<hub public key>": self.state["hub_pub"]}
+        # Zone B: a training site over WireGuard (OpenNebula 6.10.5, the CLI: the CA typed is
+        # base64-encoded once more by the CLI).
+        t1 = time.monotonic()
+        self.front_end("B", "flower-ctx oneflow vm-template supernode --opennebula 6.10 > supernode-context.txt")
+        self.front_end("B", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
+        self.front_end("B", "flower-ctx oneflow template training-site --opennebula 6.10 --supernode-template-id "
+                            f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
+        values_b = {k: fill.get(v, v) for k, v in ANSWERS["B"].items()}
+        self.state["services"]["B"] = self.instantiate_cli("B", "training-site.json", values_b)
+        # Zone C: a training site over the public address (OpenNebula 7.2, Sunstone's form).
+        self.front_end("C", "flower-ctx oneflow vm-template supernode > supernode-context.txt")
+        self.front_end("C", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
+        self.front_end("C", "flower-ctx oneflow template training-site --supernode-template-id "
+                            f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
+        _, out = self.front_end("C", "oneflow-template create training-site.json")
+        tid = int(re.search(r"ID: (\d+)", out).group(1))  # type: ignore[union-attr]
+        values_c = {k: fill.get(v, v) for k, v in ANSWERS["C"].items()}
+        self.state["services"]["C"] = self.request("web-instantiate", zone="C", id=tid, values=values_c)
+        self.save()
+        # The SuperNodes boot (configure + bootstrap by one-apps); not admitted and, in zone B, without
+        # a hub yet, they are not ready: bootstrap exits 1, net-99 stays silent, the services DEPLOYING.
+        boots = self.wait_jobs(timeout=300)
+        nodes = [m for m in boots if m["role"] == "supernode"]
+        self.figures["up.sites_boot_s"] = max(j["ended"] - j["started"] for m in nodes for j in m["jobs"])
+        for m in nodes:
+            result = m["jobs"][-1]["result"] or {}
+            ut = self.user_template(m["slot"])
+            net99 = next((s["output"] for s in result.get("scripts", []) if s["name"] == "net-99-report-ready"), "")
+            if ut.get("READY") == "YES" or "Reported READY" in net99:
+                raise LabError(f"{m['slot']} READY before its SuperLink admitted it: {ut}")
+            log(f"up: zone {m['zone']} VM {m['vmid']} {m['name']} ({m['slot']}): one-apps "
+                f"{(result.get('status') or '?').strip()}, net-99 silent, FL_READY={ut.get('FL_READY')} "
+                f"FL_ERROR={ut.get('FL_ERROR', '')[:100]!r}")
+        for zone in ("B", "C"):
+            state = self.service(zone)["state"]
+            if state != "DEPLOYING":
+                raise LabError(f"zone {zone}'s service is {state} before any SuperNode is ready")
+        # From each SuperNode: its [Peer] section for the hub (zone B) and its admission key.
+        peers, keys = [], []
+        for m in nodes:
+            if m["zone"] == "B":
+                peers.append(self.on_vm(m["slot"], "flower-ctx wg peer", stdout_only=True)[1].strip())
+            keys.append(self.on_vm(m["slot"], "flower-ctx node key", stdout_only=True)[1].strip())
+        self.state["peers"], self.state["keys"] = peers, keys
+        # Zone A: the hub's tunnel and the admitted keys, by updateconf of the SuperLink VM.
+        t2 = time.monotonic()
+        result = self.updateconf("link", {
+            "FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": f"{HUB_WG}/24", "FL_WG_PRIVATE_KEY": hub_private,
+            "FL_WG_PEERS": "\n\n".join(peers), "FL_SUPERNODE_PUBLIC_KEYS": "\n".join(keys)},
+            "superlink-update.txt", record=True)
+        self.front_end("A", "rm superlink-update.txt")  # it held the hub's private key
+        if result.get("status") != "bootstrap_success\n":
+            raise LabError(f"the SuperLink's reconfigure ended {result.get('status')!r}")
+        link_reconf = time.monotonic() - t2
+        took = self.wait_ready([m["slot"] for m in nodes], 180, "after the SuperLink admitted them")
+        for zone in ("B", "C"):
+            self.wait_service(zone, "RUNNING", 60)
+            self.front_end(zone, f"oneflow show {self.state['services'][zone]}")
+        self.figures["up.link_reconfigure_s"] = link_reconf
+        self.figures["up.nodes_ready_after_updateconf_s"] = max(took.values()) + link_reconf
+        log(f"up: SuperLink reconfigured (hub on, {len(peers)} peers, {len(keys)} keys) in {link_reconf:.1f}s; "
+            "READY=YES, by their readiness watch, after "
+            + ", ".join(f"{s} {t + link_reconf:.1f}s" for s, t in sorted(took.items()))
+            + f"; services B and C RUNNING ({time.monotonic() - t1:.1f}s after zone B's instantiate)")
+        self.on_vm("b1", "flower-ctx doctor")
+        _, status = self.on_vm("link", "flower-ctx status")
+        scan = self.request("scan", texts=self.outputs, secrets=[hub_private])
+        if scan["found_in"]:
+            raise LabError(f"a secret where none may be: {scan['found_in']}")
         self.figures["up_s"] = time.monotonic() - t0
-        log(f"up: SuperLink in zone A, {len(NODES)} SuperNodes in B/C registered, READY=YES in their "
-            f"zone's OneGate ({self.figures['up_s']:.1f}s)")
+        self.save()
+        log(f"up: {len(nodes)} SuperNodes READY in zones B and C ({self.figures['up_s']:.1f}s)")
 
     # ------------------------------------------------------------------ train
 
-    def train(self, rounds: int = 3, round_sleep: float = 0, timeout: float = 300) -> dict[str, float]:
-        """`flwr run` inside the SuperLink VM (Control API on loopback); returns the parsed result."""
+    def train(self, rounds: int = 3, round_sleep: float = 0, timeout: float = 300,
+              nodes: int | None = None) -> dict[str, float]:
+        """`flwr run` on the SuperLink VM (Control API on its loopback); returns the parsed result."""
+        expected = len(self.supernodes()) if nodes is None else nodes
         home = self.link.path("/opt/flower/cli")
         home.mkdir(exist_ok=True)
         (home / "config.toml").write_text(
@@ -324,15 +427,16 @@ class Lab:
         if app.exists():
             shutil.rmtree(app)
         shutil.copytree(APP_DIR, app, ignore=shutil.ignore_patterns("__pycache__", "*.fab"))
-        self.ran.append("flwr run . lab --stream")
-        cmd = ["env", "-C", "/opt/flower/app", "FLWR_HOME=/opt/flower/cli", "FLWR_TELEMETRY_ENABLED=0",
-               f"PATH={Path(sys.executable).parent}:/usr/sbin:/usr/bin:/sbin:/bin",
-               f"{Path(sys.executable).parent}/flwr", "run", ".", "lab", "--stream",
-               "--run-config", f"num-server-rounds={rounds} round-sleep={round_sleep}"]
+        cmd = "flwr run . lab --stream"
+        if rounds != 3 or round_sleep:
+            cmd += f" --run-config 'num-server-rounds={rounds} round-sleep={round_sleep}'"
+        self.ran.append(cmd)
         start = time.monotonic()
-        r = self.link.run(cmd, check=False, timeout=timeout)
+        r = self.link.run(["env", "-C", "/opt/flower/app", "FLWR_HOME=/opt/flower/cli", "FLWR_TELEMETRY_ENABLED=0",
+                           f"PATH={VM_PATH}", "sh", "-c", cmd], check=False, timeout=timeout)
         took = time.monotonic() - start
         out = r.stdout + r.stderr
+        self.outputs.append(out)
         found = re.search(r"FCLAB-RESULT rounds=(\d+) nodes=(\d+) error=([\d.]+)", out)
         if r.returncode != 0 or found is None:
             raise LabError(f"flwr run failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}")
@@ -340,59 +444,41 @@ class Lab:
         result = {"rounds": float(found.group(1)), "nodes": float(found.group(2)),
                   "error": float(found.group(3)), "seconds": took, "failures": float(max(failures, default=0))}
         self.last_errors = re.findall(r"Received error in reply from node \d+: (.*)", out)
-        if result["rounds"] != rounds or result["nodes"] < len(NODES):
-            raise LabError(f"expected {rounds} rounds by at least {len(NODES)} SuperNodes, got {result}")
-        log(f"train: {rounds} rounds completed, each by {int(result['nodes'])} SuperNodes in zones B and C, "
+        if result["rounds"] != rounds or result["nodes"] < expected:
+            raise LabError(f"expected {rounds} rounds by at least {expected} SuperNodes, got {result}")
+        log(f"train: {rounds} round(s) completed, each by {int(result['nodes'])} SuperNodes in zones B and C, "
             f"in {took:.1f}s; distance to the true model {result['error']:.4f}")
         return result
 
-    # ------------------------------------------------------------------ state
-
-    def save(self) -> None:
-        STATE_DIR.mkdir(mode=0o700, exist_ok=True)
-        doc = {"tag": self.rig.tag, "vms": [
-            {"netns": vm.netns, "name": vm.name, "zone": vm.zone, "host": int(str(vm.eth0_ip).rsplit(".", 1)[1]),
-             "pid": vm.pid} for vm in self.rig.vms.values()],
-            "tokens": self.tokens, "values": self.values, "ca_b64": getattr(self, "ca_b64", "")}
-        fd = os.open(STATE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh)
-
-    @classmethod
-    def load(cls) -> Lab:
-        doc = json.loads(STATE.read_text())
-        vms = [SimVM.attach(v["netns"], v["name"], v["zone"], v["host"], v["pid"]) for v in doc["vms"]]
-        lab = cls(Rig.attach(PREFIX, doc["tag"], vms), tokens=doc["tokens"], values=doc["values"])
-        lab.ca_b64 = doc["ca_b64"]
-        return lab
-
 
 def down() -> list[str]:
-    """Remove every lab namespace (processes killed by PID first) and the state directory; a lab
-    whose creator is still running (a concurrent test) is left alone."""
+    """Stop the cloud process by PID (it removes its rig), then anything a killed one left behind,
+    and the state directory. A lab whose cloud process is alive but unknown here is left alone."""
     removed = []
+    pid = None
     if STATE.exists():
         try:
-            lab = Lab.load()
-            removed = [vm.netns for vm in lab.rig.vms.values()] + [lab.rig.router]
-            lab.rig.close()
-        except (OSError, ValueError, KeyError):
-            pass
+            pid = int(json.loads(STATE.read_text())["state"]["cloud_pid"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pid = None
+    if pid is not None:
+        tag = f"{PREFIX}{pid}-"
+        removed = [ln.split()[0] for ln in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                                          text=True).stdout.splitlines() if ln.startswith(tag)]
+        cloud.stop_pid(pid, STATE_DIR)
     removed += cleanup_leftovers(PREFIX)
     shutil.rmtree(STATE_DIR, ignore_errors=True)
-    return removed
+    return sorted(set(removed))
 
 
 @contextmanager
 def lab_session() -> Iterator[Lab]:
     """A lab that is torn down whatever happens (the test suite and `all` use this)."""
-    rig = Rig(PREFIX)
-    lab = Lab(rig)
+    lab = Lab.start()
     try:
         yield lab
     finally:
-        rig.close()
-        shutil.rmtree(STATE_DIR, ignore_errors=True)
+        down()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -417,15 +503,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "all":
         return run_all()
     if args.cmd == "up":
-        down()  # a previous lab is replaced, never merged
-        lab = Lab(Rig(PREFIX))
+        lab = Lab.start()
         try:
             lab.up()
-            lab.save()
         except BaseException:
-            lab.rig.close()
-            shutil.rmtree(STATE_DIR, ignore_errors=True)
+            down()
             raise
+        report(lab)
         return 0
     lab = Lab.load()
     if args.cmd == "train":
@@ -433,40 +517,60 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_drill(lab, args.name)
         lab.save()
+    report(lab)
     return 0
+
+
+def report(lab: Lab) -> None:
+    try:
+        audit = lab.request("audit")
+        log(f"readiness audit: {audit['updates']} OneGate updates in the three zones, {audit['violations']} "
+            "left a VM with READY=YES and FL_READY other than YES" + (f": {audit['examples']}" if
+                                                                     audit["violations"] else ""))
+        lab.figures["audit.updates"], lab.figures["audit.violations"] = audit["updates"], audit["violations"]
+        scan = lab.request("scan", texts=lab.outputs)
+        log(f"secret scan: {scan['secrets']} OneGate tokens and private-key lines looked for in {scan['scanned']} "
+            "command outputs, VM logs and OneGate USER_TEMPLATEs: "
+            + (f"FOUND: {scan['found_in']}" if scan["found_in"] else "none found"))
+        lab.figures["scan.found"] = len(scan["found_in"])
+    except (OSError, CloudError) as exc:
+        log(f"readiness audit unavailable: {exc}")
+    for key, value in sorted(lab.figures.items()):
+        log(f"figure {key} = {value:.2f}")
 
 
 def run_all() -> int:
     """up, train, every drill, down; exit 0 only when all passed and nothing was left behind."""
     from tests.lab.drills import run_drill
 
-    down()
     failed: list[str] = []
+    done: list[str] = []
     t0 = time.monotonic()
     with lab_session() as lab:
-        tag = lab.rig.tag
+        tag = lab.info["tag"]
         try:
             lab.up()
             result = lab.train()
             lab.figures.update({f"train.{k}": v for k, v in result.items()})
+            done.append("up+train")
         except Exception as exc:  # nothing to drill without a federation
             failed.append("up/train")
             log(f"up/train: FAILED: {exc}")
         for name in DRILLS if not failed else []:
             try:
                 run_drill(lab, name)
+                done.append(name)
             except Exception as exc:  # every drill runs; the summary names the failures
                 failed.append(name)
                 log(f"drill {name}: FAILED: {exc}")
+        report(lab)
     left = [ln.split()[0] for ln in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                    text=True).stdout.splitlines() if ln.startswith(f"{tag}-")]
     if left:
         failed.append("down")
         log(f"down: left behind {left}")
-    for key, value in sorted(lab.figures.items()):
-        log(f"figure {key} = {value:.2f}")
-    total = len(DRILLS) + 2
-    log(f"all: {total - len(failed)} passed, {len(failed)} failed in {time.monotonic() - t0:.0f}s"
+    skipped = len(DRILLS) + 1 - len(done) - len([f for f in failed if f != "down"])
+    log(f"all: {len(done)} passed, {len(failed)} failed, {skipped} not run, in {time.monotonic() - t0:.0f}s"
         + (f" ({', '.join(failed)})" if failed else " (up+train, every drill, down)"))
     return 1 if failed else 0
 

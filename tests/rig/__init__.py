@@ -38,6 +38,9 @@ mount -t tmpfs -o mode=0755,size=256m rig-opt /opt
 mkdir -p /run/.rig/rupper /run/.rig/rwork
 mount -t overlay rig-home -o lowerdir=/root,upperdir=/run/.rig/rupper,workdir=/run/.rig/rwork /root
 mkdir -p /opt/flower
+# node_exporter's textfile directory (the readiness watch writes its metrics there): the VM's own.
+mkdir -p /var/lib/prometheus
+mount -t tmpfs -o mode=0755,size=4m rig-prom /var/lib/prometheus
 ip link set lo up
 echo ready
 exec sleep infinity

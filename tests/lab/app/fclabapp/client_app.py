@@ -14,8 +14,8 @@ app = ClientApp()
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    pid = int(context.node_config.get("partition-id", 0))
-    x, y = partition(pid)
+    pid = int(context.node_config.get("partition-id", 0))  # flower-ctx: the VM's number in its role
+    x, y = partition(pid, int(context.node_config.get("site", 0)))  # FL_NODE_CONFIG site=N
     w = msg.content["arrays"].to_numpy_ndarrays()[0]
     w = local_steps(w, x, y, int(context.run_config["local-steps"]), float(context.run_config["learning-rate"]))
     idle = float(context.run_config["round-sleep"])

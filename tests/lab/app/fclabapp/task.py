@@ -8,9 +8,10 @@ FEATURES = 8
 TRUE_W = np.linspace(-1.0, 1.0, FEATURES)
 
 
-def partition(partition_id: int, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """The SuperNode's local data: its own seed, the same underlying model for everyone."""
-    rng = np.random.default_rng(1000 + partition_id)
+def partition(partition_id: int, site: int = 0, n: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """The SuperNode's local data: its own seed (its site and its partition there), the same
+    underlying model for everyone."""
+    rng = np.random.default_rng(1000 + 100 * site + partition_id)
     x = rng.normal(size=(n, FEATURES))
     y = x @ TRUE_W + 0.01 * rng.normal(size=n)
     return x, y
