@@ -74,6 +74,11 @@ SHAPES: dict[str, dict[str, tuple[bool, Callable[[Any], bool]]]] = {
         "name": (True, lambda v: isinstance(v, str) and len(v) < 256),
         "number": (True, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 10**6),
     },
+    "gateway.json": {
+        "address": (True, lambda v: isinstance(v, str) and len(v) < 64),
+        "routes": (True, _str_list),
+        "source": (False, _str_or_none),
+    },
     "publication.json": {
         "time": (True, _int),
         "published": (True, lambda v: isinstance(v, bool)),

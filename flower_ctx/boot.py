@@ -161,6 +161,10 @@ def attributes(config: Config, paths: Paths) -> dict[str, str]:
     except FlowerCtxError:
         pass  # not derived yet: the tunnel address is left out
     wg_pub = wg_public_key(config, paths)
+    if config.role is Role.GATEWAY:
+        from .readiness import gateway_attrs
+
+        return gateway_attrs(config, wg_public_key=wg_pub)
     doc = runtime_doc(paths, config.role.value)
     if config.role is Role.SUPERLINK:
         try:

@@ -20,7 +20,7 @@ from .peers import parse_peer_sections
 from .values import MAX_VALUE_LEN, Invalid, ip_address, onegate_url_ok, show
 from .variables import BY_NAME, REGISTRY, Variable, all_names
 
-_NIC_RE = re.compile(r"ETH([0-9]+)_(IP|IP6)\Z")
+_NIC_RE = re.compile(r"ETH([0-9]+)_(IP|IP6|MASK)\Z")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,8 @@ def resolve(
     try:
         role = Role(role)
     except ValueError:
-        raise ValidationError([("--role", f"must be superlink or supernode, got {show(str(role))}")]) from None
+        raise ValidationError([("--role", f"must be superlink, supernode or gateway, got {show(str(role))}")]) \
+            from None
     c = _Collector()
     typed: dict[str, Any] = {}
     given: dict[str, str] = {}  # canonical -> name used in CONTEXT, for messages
@@ -144,8 +145,10 @@ def resolve(
     onegate = _onegate(values, token, c)
     _keepalive_rules(typed, given, c)
     pki = _tls_rules(role, typed, given, values, onegate, c, now)
-    wg = _wg_rules(role, typed, given, c, onegate)
+    wg = _wg_rules(role, typed, given, c, onegate, nics, explicit)
     trust = _trust_rules(role, typed, given, nics, wg, c, explicit)
+    gateway_routes = _gateway_rules(role, typed, given, nics, wg, onegate, c)
+    _appliance_role(role, typed, given, c)
 
     if c.problems:
         raise ValidationError(c.problems)
@@ -168,6 +171,8 @@ def resolve(
         nics=nics,
         onegate=onegate,
         **trust,
+        gateway_routes=gateway_routes,
+        gateway_address=typed["FL_GATEWAY_ADDRESS"] if gateway_routes else None,
         app_dependencies=typed["FL_APP_DEPENDENCIES"] or (),
         runtime_dependency_install=typed["FL_RUNTIME_DEPENDENCY_INSTALL"],
         warnings=tuple(c.warnings),
@@ -213,6 +218,8 @@ def _trust_rules(
 ) -> dict[str, Any]:
     """SuperNode authentication, the firewall, and TLS off only where nothing crosses a public network."""
     tls, insecure_ok = typed["FL_TLS_ENABLED"], typed["FL_ALLOW_INSECURE"]
+    if role is Role.GATEWAY:  # forwards what its SuperNodes send; TLS is theirs (it only probes)
+        return {"firewall": bool(typed["FL_FIREWALL"])}
     if tls is False and not insecure_ok:
         fix = "set FL_TLS_ENABLED=YES, or FL_ALLOW_INSECURE=YES if you mean it"
         if role is Role.SUPERLINK:
@@ -259,7 +266,8 @@ def _trust_rules(
 
 
 def _role_names(var: Variable) -> str:
-    return " and ".join("SuperLink" if r is Role.SUPERLINK else "SuperNode" for r in sorted(var.roles))
+    names = [r.label for r in Role if r in var.roles]
+    return " and ".join(names) if len(names) < 3 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def _source(var: Variable, used: str, env_names: frozenset[str]) -> str:
@@ -305,11 +313,15 @@ def _names(values: Mapping[str, str], c: _Collector) -> tuple[str, ...]:
 
 def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:
     found: dict[int, dict[str, Any]] = {}
+    masks: dict[int, str] = {}
     for name, raw in values.items():
         m = _NIC_RE.match(name)
         if not m or not raw:
             continue
         idx, kind = int(m.group(1)), m.group(2)
+        if kind == "MASK":  # never validated before: a mask that does not parse is left out, not an error
+            masks[idx] = raw
+            continue
         try:
             addr = ip_address(raw)
         except Invalid:
@@ -319,7 +331,20 @@ def _nics(values: Mapping[str, str], c: _Collector) -> tuple[Nic, ...]:
             c.err(name, f"{show(raw)} is not an IPv{want} address")
             continue
         found.setdefault(idx, {})[kind] = addr
-    return tuple(Nic(i, found[i].get("IP"), found[i].get("IP6")) for i in sorted(found))
+    return tuple(Nic(i, found[i].get("IP"), found[i].get("IP6"), _nic_network(found[i].get("IP"), masks.get(i)))
+                 for i in sorted(found))
+
+
+def _nic_network(ip: Any, mask: str | None) -> Any:
+    """The IPv4 network of ``ETHn_IP``/``ETHn_MASK`` (None when either is missing or the mask is odd)."""
+    import ipaddress
+
+    if ip is None or mask is None or ip.version != 4:
+        return None
+    try:
+        return ipaddress.ip_network(f"{ip}/{mask}", strict=False)
+    except ValueError:
+        return None
 
 
 def onegate_access(values: Mapping[str, str], token: str | None) -> OneGateAccess:
@@ -369,11 +394,15 @@ def _tls_rules(
     }
     tls = typed["FL_TLS_ENABLED"]
 
-    if role is Role.SUPERNODE:
+    if role is not Role.SUPERLINK:
         ca_cert = None
         if ca_raw is not None:
             ca_cert = _load_ca(ca_raw, ca_n, c, now)
-        if tls and typed["FL_SUPERLINK_ADDRESS"] is not None and not raw_set["FL_SSL_CA_CERTFILE"]:
+        if role is Role.GATEWAY:
+            if tls and typed["FL_SUPERLINK_ADDRESS"] is not None and ca_raw is None and ca_n not in dict(c.problems):
+                c.warnings.append(f"{ca_n}: not set; the gateway checks its SuperLink with a TCP connection only "
+                                  "(set it to check the TLS handshake its SuperNodes make)")
+        elif tls and typed["FL_SUPERLINK_ADDRESS"] is not None and not raw_set["FL_SSL_CA_CERTFILE"]:
             if onegate.endpoint:
                 c.warnings.append(
                     f"{ca_n}: not set; the SuperNode will trust the CA the SuperLink of its own OneFlow service "
@@ -483,12 +512,21 @@ def is_pool(address: Any) -> bool:
 
 
 def _wg_rules(
-    role: Role, typed: dict[str, Any], given: dict[str, str], c: _Collector, onegate: OneGateAccess
+    role: Role, typed: dict[str, Any], given: dict[str, str], c: _Collector, onegate: OneGateAccess,
+    nics: tuple[Nic, ...] = (), explicit: frozenset[str] | set[str] = frozenset(),
 ) -> WgConfig | None:
     wg_names = [var.name for var in REGISTRY if var.group == "wireguard" and var.name != "FL_WG_ENABLED"]
+    if role is Role.GATEWAY:
+        # A gateway is a WireGuard node that forwards: both are what it is, not options.
+        for name, what in (("FL_WG_ENABLED", "its tunnel"), ("FL_WG_FORWARD", "forwarding")):
+            if name in explicit and typed[name] is False:
+                c.err(given[name], f"is NO, but a gateway without {what} is no gateway: leave it empty (or YES), "
+                      "or run this VM as a SuperNode (FL_APPLIANCE_ROLE=supernode)")
+        typed = {**typed, "FL_WG_ENABLED": True, "FL_WG_FORWARD": True}
     if not typed["FL_WG_ENABLED"]:
         set_names = [given[n] for n in wg_names if typed[n] is not None and BY_NAME[n].default is None]
-        if set_names:
+        # Behind a site gateway, a OneFlow service hands every VM the gateway's tunnel inputs: expected.
+        if set_names and not (role is Role.SUPERNODE and typed["FL_GATEWAY_ROUTES"]):
             c.warnings.append(f"{', '.join(set_names)}: ignored because FL_WG_ENABLED=NO")
         return None
     address = typed["FL_WG_ADDRESS"]
@@ -529,44 +567,108 @@ def _wg_rules(
     pool = None
     if address is not None and is_pool(address):
         pool = address.network
-        if role is Role.SUPERLINK:
-            c.err(given["FL_WG_ADDRESS"], f"{address} is a network (a pool for the VMs of a SuperNode role); the "
-                  "SuperLink hub needs its own address, e.g. " + str(next(pool.hosts())) + f"/{pool.prefixlen}")
+        if role is not Role.SUPERNODE:
+            who = "the SuperLink hub" if role is Role.SUPERLINK else "a gateway (one per zone)"
+            c.err(given["FL_WG_ADDRESS"], f"{address} is a network (a pool for the VMs of a SuperNode role); "
+                  f"{who} needs its own address, e.g. " + str(next(pool.hosts())) + f"/{pool.prefixlen}")
     if address is not None and peers:
-        _underlay_rules(address, peers, onegate, peers_n, aips_n, c)
+        _underlay_rules(address, peers, onegate, peers_n, aips_n, c, nics)
     if address is None or any(n.startswith(("FL_WG", "ONEAPP_FL_WG")) for n, _ in c.problems):
         return None
     return WgConfig(
         address=address,
         private_key=Secret(private.encode()) if private else None,
         listen_port=typed["FL_WG_LISTEN_PORT"],
-        mtu=typed["FL_WG_MTU"],
+        mtu=typed["FL_WG_MTU"] or None,  # 0: derived from the underlay when applied
         peers=tuple(peers),
         forward=typed["FL_WG_FORWARD"],
         pool=pool,
     )
 
 
-def _underlay_rules(
-    address: Any, peers: list[WgPeer], onegate: OneGateAccess, peers_n: str, aips_n: str, c: _Collector
-) -> None:
-    """AllowedIPs must not route the tunnel's own endpoints, OneGate or everything into wg0."""
+def _onegate_keep(onegate: OneGateAccess) -> list[tuple[str, Any]]:
+    """OneGate's address when CONTEXT gives it as a literal (a name is checked once resolved, at apply)."""
     from urllib.parse import urlsplit
 
+    if onegate.endpoint:
+        try:
+            host = urlsplit(onegate.endpoint).hostname or ""
+            return [("the OneGate address (ONEGATE_ENDPOINT)", ip_address(host))]
+        except (Invalid, ValueError):
+            pass
+    return []
+
+
+def _own_networks(nics: tuple[Nic, ...]) -> list[tuple[str, Any]]:
+    return [(f"this VM's own network on ETH{n.index} (ETH{n.index}_IP/ETH{n.index}_MASK)", n.network)
+            for n in nics if n.network is not None]
+
+
+def _underlay_rules(
+    address: Any, peers: list[WgPeer], onegate: OneGateAccess, peers_n: str, aips_n: str, c: _Collector,
+    nics: tuple[Nic, ...] = (),
+) -> None:
+    """AllowedIPs must not route the tunnel's own endpoints, OneGate, the VM's own networks or
+    everything into wg0. A zone's network behind a zone gateway is fine (it is another network)."""
     from . import underlay
 
     keep = [("the peer endpoint " + ("FL_WG_PEER_ENDPOINT" if p.source == "FL_WG_PEER_*" else f"of {p.source}"),
              p.endpoint.ip) for p in peers if p.endpoint and p.endpoint.ip]
-    if onegate.endpoint:
-        try:
-            host = urlsplit(onegate.endpoint).hostname or ""
-            keep.append(("the OneGate address (ONEGATE_ENDPOINT)", ip_address(host)))
-        except (Invalid, ValueError):
-            pass  # a name: checked once resolved, when configure applies wg0
+    keep += _onegate_keep(onegate)
     routes = set().union(*(underlay.routed(address.network, p.allowed_ips) for p in peers))
-    for problem in underlay.problems(routes, keep):
+    for problem in underlay.problems(routes, keep, _own_networks(nics)):
         name = peers_n if any(p.source != "FL_WG_PEER_*" for p in peers) else aips_n
         c.err(name, problem)
+
+
+def _gateway_rules(
+    role: Role, typed: dict[str, Any], given: dict[str, str], nics: tuple[Nic, ...], wg: WgConfig | None,
+    onegate: OneGateAccess, c: _Collector,
+) -> tuple[Any, ...]:
+    """FL_GATEWAY_ROUTES / FL_GATEWAY_ADDRESS: routes through this zone's site gateway. They must not
+    cut the underlay (the same rules as wg0's), lead to the gateway itself, or overlap wg0's routes."""
+    from . import underlay
+
+    if role is Role.GATEWAY:
+        return ()
+    routes, gw = typed["FL_GATEWAY_ROUTES"], typed["FL_GATEWAY_ADDRESS"]
+    routes_n, gw_n = given["FL_GATEWAY_ROUTES"], given["FL_GATEWAY_ADDRESS"]
+    if not routes:
+        if gw is not None:
+            c.warnings.append(f"{gw_n}: ignored because {routes_n} is empty (nothing is routed through the gateway)")
+        return ()
+    if gw is None and not onegate.endpoint and gw_n not in dict(c.problems):
+        c.err(gw_n, f"required with {routes_n} when the VM has no OneGate to find the gateway of its OneFlow "
+              "service: the gateway's address on this VM's network, e.g. 192.168.150.2")
+    keep = _onegate_keep(onegate)
+    if gw is not None:
+        keep.append((f"the gateway itself ({gw_n})", gw))
+        known = [n.network for n in nics if n.network is not None and n.network.version == gw.version]
+        if known and not any(gw in net for net in known):
+            c.warnings.append(f"{gw_n}: {gw} is on none of this VM's networks (ETHn_IP/ETHn_MASK); the gateway "
+                              "must be on the same segment as this VM")
+    for problem in underlay.problems(routes, keep, _own_networks(nics), label=routes_n, into="the gateway"):
+        c.err(routes_n, problem)
+    if wg is not None:
+        tunnel = set().union(*(underlay.routed(wg.address.network, p.allowed_ips) for p in wg.peers),
+                             {wg.address.network})
+        for r in routes:
+            clash = [t for t in tunnel if t.version == r.version and t.overlaps(r)]
+            if clash:
+                c.err(routes_n, f"{r} overlaps {clash[0]}, which wg0 routes: a network goes either through this "
+                      "VM's own tunnel or through the zone's gateway, not both")
+    target = typed["FL_SUPERLINK_ADDRESS"] if role is Role.SUPERNODE else None
+    if target is not None and target.ip is not None and not any(target.ip in r for r in routes):
+        c.warnings.append(f"{routes_n}: FL_SUPERLINK_ADDRESS {target} is in none of these networks, so the "
+                          "SuperNode does not reach its SuperLink through the gateway")
+    return tuple(routes)
+
+
+def _appliance_role(role: Role, typed: dict[str, Any], given: dict[str, str], c: _Collector) -> None:
+    wanted = typed["FL_APPLIANCE_ROLE"]
+    if wanted is not None and wanted != role.value:
+        c.err(given["FL_APPLIANCE_ROLE"], f"says this VM is a {wanted} but it is being configured as a {role.value}: "
+              f"run flower-ctx with --role {wanted} (the appliance does), or fix the VM template")
 
 
 def _peer_conflicts(peers: list[WgPeer], name: str, c: _Collector) -> None:

@@ -57,6 +57,13 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
         yield Check("configured", PROBLEM, f"no runtime config at {paths.runtime_config(role)}",
                     f"run flower-ctx configure --role {role}")
         return
+    if role == "gateway":
+        if config is not None:
+            yield from _watch_check(config, paths, role)
+        yield from _gateway_checks(paths)
+        if config is not None:
+            yield from _onegate(config, paths)
+        return
     yield from _service_check(paths, role)
     if config is None:
         return
@@ -68,6 +75,7 @@ def _checks(config: Config | None, context_error: FlowerCtxError | None, paths: 
     else:
         yield from _supernode_link(config, paths, doc)
     yield from _wireguard(config, paths, doc)
+    yield from _gateway_routes(config, paths)
     yield from _keepalive(config, paths, role)
     yield from _onegate(config, paths)
     yield from _app_dependencies(config, paths)
@@ -268,6 +276,11 @@ def _supernode_link(config: Config, paths: Paths, doc: dict) -> Iterator[Check]:
 
 def _unreachable_fix(config: Config, paths: Paths) -> str:
     base = "check that the SuperLink VM runs (flower-ctx status there) and that TCP 9092 is open between the VMs"
+    if config.gateway_routes:
+        from .gateway.routes import status as routes_status
+
+        via = (routes_status(paths) or {}).get("address") or config.gateway_address or "the zone's gateway"
+        return base + f"; this VM reaches it through the site gateway {via}: run flower-ctx doctor there"
     if config.wg is None:
         return base
     wg = wg_status(paths)
@@ -355,3 +368,70 @@ def _onegate(config: Config, paths: Paths) -> Iterator[Check]:
                     "check the OneGate service and the VM's token (TOKEN=YES)")
         return
     yield Check("onegate", OK, f"{config.onegate.endpoint} answers")
+
+
+def _gateway_routes(config: Config, paths: Paths) -> Iterator[Check]:
+    """A VM behind a site gateway: its routes through the gateway are in place."""
+    from .gateway.routes import status as routes_status
+
+    if not config.gateway_routes or paths.staged:
+        return
+    st = routes_status(paths)
+    if st is None or not st.get("address"):
+        yield Check("gateway routes", PROBLEM, f"FL_GATEWAY_ROUTES {', '.join(map(str, config.gateway_routes))} "
+                    "are not in place", "run flower-ctx configure (it finds the gateway and adds them)")
+        return
+    missing = [r for r, ok in (st.get("present") or {}).items() if not ok]
+    if missing:
+        yield Check("gateway routes", PROBLEM, f"missing: {', '.join(missing)} via {st['address']}",
+                    "run flower-ctx configure (it adds them)")
+    else:
+        yield Check("gateway routes", OK, f"{', '.join(st['routes'])} via {st['address']} ({st.get('source')})")
+
+
+def _gateway_checks(paths: Paths) -> Iterator[Check]:
+    """A gateway: wg0, forwarding, the routes on wg0, the hub, the SuperLink through it."""
+    from .gateway.health import inspect as inspect_gateway
+
+    st = inspect_gateway(paths)
+    fixes = dict(st.problems)
+    if not st.configured:
+        yield Check("configured", PROBLEM, "no runtime record for the gateway",
+                    "run flower-ctx configure --role gateway")
+        return
+    if st.wg is None:
+        yield Check("wireguard", PROBLEM, "wg0 is not up", "run flower-ctx configure --role gateway")
+        return
+    yield Check("wireguard", OK if st.wg.up else PROBLEM,
+                f"wg0 {'up' if st.wg.up else 'down'} ({st.wg.backend}), {', '.join(st.wg.addresses)}, "
+                f"mtu {st.wg.mtu}, public key {st.wg.public_key}", fixes.get("wg0 is down", ""))
+    yield (Check("forwarding", OK, "IPv4 forwarding on") if st.forwarding else
+           Check("forwarding", PROBLEM, "IPv4 forwarding is off: nothing reaches the SuperNodes",
+                 "run flower-ctx configure --role gateway (it turns it on)"))
+    if st.missing_routes:
+        yield Check("routes", PROBLEM, f"missing on wg0: {', '.join(st.missing_routes)}",
+                    "run flower-ctx configure --role gateway (it adds them)")
+    else:
+        yield Check("routes", OK, ", ".join(st.expected_routes) + " on wg0" if st.expected_routes else "none needed")
+    for hub in st.dialled:
+        short = hub["public_key"][:10] + "..."
+        age = hub["handshake_age"]
+        if age is None:
+            yield Check("hub", PROBLEM, f"peer {short} ({hub['endpoint']}) never completed a handshake",
+                        "check the hub's endpoint and UDP port, and that the hub lists this gateway's public key "
+                        "(flower-ctx status here shows it)")
+        elif age > STALE_HANDSHAKE_S:
+            yield Check("hub", WARNING, f"peer {short}: last handshake {int(age)}s ago",
+                        "the hub is gone or UDP is blocked between the zones")
+        else:
+            yield Check("hub", OK, f"peer {short} ({hub['endpoint']}): handshake {int(age)}s ago")
+    sl = st.superlink
+    if sl is None:
+        yield Check("superlink", WARNING, "not checked: FL_SUPERLINK_ADDRESS is empty",
+                    "set FL_SUPERLINK_ADDRESS (what the SuperNodes behind this gateway dial)")
+    elif sl["ok"]:
+        yield Check("superlink", OK, f"{sl['message']} (from {sl.get('from') or 'this VM'}, as the SuperNodes' "
+                    "packets go)")
+    else:
+        key = f"SuperLink through this gateway: {sl['message']}"
+        yield Check("superlink", PROBLEM, sl["message"], fixes.get(key, "check the SuperLink and the hub"))

@@ -69,7 +69,7 @@ def superlink_dial_address(config: Config, doc: dict[str, Any] | None) -> HostPo
     return HostPort("127.0.0.1", port)
 
 
-def probe_with_local_ca(paths: Paths, target: HostPort, timeout: float) -> Any:
+def probe_with_local_ca(paths: Paths, target: HostPort, timeout: float, source: str | None = None) -> Any:
     """Handshake with ``target`` trusting this VM's ca.crt; the ProbeResult, or None without a CA."""
     from .errors import FlowerCtxError
     from .files import read_file
@@ -79,13 +79,14 @@ def probe_with_local_ca(paths: Paths, target: HostPort, timeout: float) -> Any:
         ca = read_file(paths.ca_cert)
     except (OSError, FlowerCtxError):
         return None
-    return probe_tls(target.host, target.port, ca, timeout=timeout)
+    return probe_tls(target.host, target.port, ca, timeout=timeout, source=source)
 
 
-def tcp_error(hp: HostPort, timeout: float) -> str | None:
+def tcp_error(hp: HostPort, timeout: float, source: str | None = None) -> str | None:
     """None when ``hp`` accepts a TCP connection, else the OS error."""
     try:
-        with socket.create_connection((hp.host, hp.port), timeout=timeout):
+        with socket.create_connection((hp.host, hp.port), timeout=timeout,
+                                      source_address=(source, 0) if source else None):
             return None
     except OSError as exc:
         return exc.strerror or str(exc)
@@ -169,6 +170,10 @@ def activated(paths: Paths) -> bool:
 def check(config: Config, paths: Paths, supervisor: Supervisor, *, timeout: float = 3.0) -> Health:
     from .probe import ProbeKind
 
+    if config.role is Role.GATEWAY:  # no Flower: the tunnel, forwarding and the SuperLink behind it
+        from .gateway.health import check as gateway_check
+
+        return gateway_check(config, paths, timeout=timeout)
     role = config.role.value
     doc = runtime_doc(paths, role)
     if doc is None:

@@ -11,7 +11,7 @@ from .flowerversion import installed_version
 from .health import runtime_doc
 from .paths import Paths
 
-ROLES = ("superlink", "supernode")
+ROLES = ("superlink", "supernode", "gateway")
 EXPIRY_WARN_DAYS = 30
 
 
@@ -134,10 +134,40 @@ def federation(paths: Paths, doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _onegate_record(paths: Paths) -> dict[str, Any] | None:
+    try:
+        return agentstate.read(paths, "publication.json")
+    except agentstate.StateFileError as exc:
+        return {"time": 0, "published": False, "reason": str(exc)}
+
+
+def gateway_facts(paths: Paths) -> dict[str, Any]:
+    """What status shows on a gateway: the tunnel, forwarding, routes, the hub, the SuperLink through it."""
+    from .gateway.health import inspect as inspect_gateway
+
+    doc = runtime_doc(paths, "gateway") or {}
+    st = inspect_gateway(paths)
+    out: dict[str, Any] = {
+        "role": "gateway",
+        "configured": bool(doc),
+        "tls": {"enabled": bool((doc.get("tls") or {}).get("enabled"))},
+        "superlink_address": doc.get("superlink_address"),
+        "gateway": st.to_dict(),
+        "wireguard": st.wg.to_dict() if st.wg is not None else None,
+        "onegate": _onegate_record(paths),
+    }
+    ca = cert_info(paths.ca_cert)
+    if ca is not None:
+        out["tls"]["ca"] = ca.__dict__
+    return out
+
+
 def facts(paths: Paths, role: str) -> dict[str, Any]:
     """Everything status shows, as plain JSON-able data."""
     from .supervisor import for_machine
 
+    if role == "gateway":
+        return gateway_facts(paths)
     doc = runtime_doc(paths, role) or {}
     sup = for_machine(paths)
     state = sup.state(role)
@@ -178,8 +208,8 @@ def facts(paths: Paths, role: str) -> dict[str, Any]:
         out["wireguard"] = wg.to_dict()
     else:
         out["wireguard"] = None
-    try:
-        out["onegate"] = agentstate.read(paths, "publication.json")
-    except agentstate.StateFileError as exc:
-        out["onegate"] = {"time": 0, "published": False, "reason": str(exc)}
+    from .gateway.routes import status as gateway_routes
+
+    out["gateway_routes"] = gateway_routes(paths)
+    out["onegate"] = _onegate_record(paths)
     return out

@@ -66,8 +66,18 @@ def render(facts: dict[str, Any], *, ready: bool | None, agent_version: str, now
     out.metric("flower_ctx_info", "gauge", "The agent, the role of this VM and the Flower it runs.",
                [({"role": role, "flower_version": fv.get("installed") or "", "agent_version": agent_version}, 1)])
     service = facts.get("service") or {}
-    out.metric("flower_up", "gauge", "1 when the Flower process of this VM's role runs.",
-               [({"role": role}, 1 if service.get("running") else 0)])
+    if role != "gateway":  # a site gateway runs no Flower
+        out.metric("flower_up", "gauge", "1 when the Flower process of this VM's role runs.",
+                   [({"role": role}, 1 if service.get("running") else 0)])
+    gw = facts.get("gateway") or {}
+    if gw:
+        out.metric("flower_gateway_forwarding", "gauge", "1 when this site gateway forwards (IPv4 forwarding on).",
+                   [({}, 1 if gw.get("forwarding") else 0)])
+        sl = gw.get("superlink")
+        if sl:
+            out.metric("flower_gateway_superlink_reachable", "gauge",
+                       "1 when the SuperLink answers through this gateway (the check its SuperNodes' handshake makes).",
+                       [({"superlink": sl.get("address", "")}, 1 if sl.get("ok") else 0)])
     if ready is not None:
         out.metric("flower_ready", "gauge", "1 when the role really serves (the readiness published to OneGate).",
                    [({"role": role}, 1 if ready else 0)])

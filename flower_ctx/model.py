@@ -15,10 +15,17 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 class Role(str, enum.Enum):
     SUPERLINK = "superlink"
     SUPERNODE = "supernode"
+    # A zone's site gateway (or the coordinator zone's hub gateway): a WireGuard node that forwards
+    # between its zone's network and the tunnel; it runs no Flower (docs/site-gateways.md).
+    GATEWAY = "gateway"
 
     @property
     def letter(self) -> str:
-        return "L" if self is Role.SUPERLINK else "N"
+        return {"superlink": "L", "supernode": "N", "gateway": "G"}[self.value]
+
+    @property
+    def label(self) -> str:
+        return {"superlink": "SuperLink", "supernode": "SuperNode", "gateway": "gateway"}[self.value]
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,7 @@ class Nic:
     index: int
     ip: ipaddress.IPv4Address | None = None
     ip6: ipaddress.IPv6Address | None = None
+    network: ipaddress.IPv4Network | None = None  # from ETHn_IP and ETHn_MASK, when both are given
 
 
 @dataclass(frozen=True)
@@ -94,7 +102,7 @@ class WgConfig:
     address: IPInterface
     private_key: Secret | None  # None: generate once on the VM and keep it
     listen_port: int
-    mtu: int
+    mtu: int | None  # None: derived from the underlay at apply time (wireguard/mtu.py)
     peers: tuple[WgPeer, ...]
     forward: bool
     pool: IPNetwork | None = None  # FL_WG_ADDRESS as a pool shared by the VMs of one role
@@ -154,6 +162,10 @@ class Config:
     fleet_sources: tuple[IPNetwork, ...] = ()  # empty: any
     fleet_tunnel_only: bool = False
     allow_insecure: bool = False
+    # Networks reached through this zone's site gateway (FL_GATEWAY_ROUTES) and the gateway's address
+    # on this VM's network (FL_GATEWAY_ADDRESS; None with routes: discovered through OneGate).
+    gateway_routes: tuple[IPNetwork, ...] = ()
+    gateway_address: IPAddress | None = None
     app_dependencies: tuple[tuple[str, str], ...] = ()  # FL_APP_DEPENDENCIES: (canonical name, version)
     runtime_dependency_install: bool = False  # FL_RUNTIME_DEPENDENCY_INSTALL
     warnings: tuple[str, ...] = ()

@@ -72,10 +72,12 @@ def _context(ca_pem: bytes | None) -> ssl.SSLContext:
     return ctx
 
 
-def _handshake(host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float) -> list[bytes]:
-    """Connect and handshake; the presented chain as DER (leaf first)."""
+def _handshake(host: str, port: int, ctx: ssl.SSLContext, server_name: str, timeout: float,
+               source: str | None = None) -> list[bytes]:
+    """Connect (from ``source`` when given) and handshake; the presented chain as DER (leaf first)."""
     with (
-        socket.create_connection((host, port), timeout=timeout) as raw,
+        socket.create_connection((host, port), timeout=timeout,
+                                 source_address=(source, 0) if source else None) as raw,
         ctx.wrap_socket(raw, server_hostname=server_name) as tls,
     ):
         return _presented_chain(tls)
@@ -95,9 +97,11 @@ def _presented_chain(tls: ssl.SSLSocket) -> list[bytes]:
 
 
 def probe_tls(
-    host: str, port: int, ca_pem: bytes, *, server_name: str | None = None, timeout: float = 5.0
+    host: str, port: int, ca_pem: bytes, *, server_name: str | None = None, timeout: float = 5.0,
+    source: str | None = None,
 ) -> ProbeResult:
-    """Handshake with host:port trusting only ``ca_pem``; say what happened."""
+    """Handshake with host:port trusting only ``ca_pem``; say what happened. ``source``: the local
+    address to connect from (a gateway probes from its zone address, as its SuperNodes' packets go)."""
     name = server_name or host
     base = {"address": _address(host, port), "server_name": name}
     try:
@@ -108,9 +112,9 @@ def probe_tls(
     base["ca_fingerprint"] = pem.fingerprint(ca_certs[0])
     where = base["address"]
     try:
-        chain = _handshake(host, port, ctx, name, timeout)
+        chain = _handshake(host, port, ctx, name, timeout, source)
     except ssl.SSLCertVerificationError as exc:
-        return _diagnose(host, port, name, timeout, ca_certs, exc, base)
+        return _diagnose(host, port, name, timeout, ca_certs, exc, base, source)
     except (ssl.SSLError, ConnectionResetError, ConnectionAbortedError, BrokenPipeError) as exc:
         return _not_tls(where, exc, base)
     except TimeoutError:
@@ -189,11 +193,12 @@ def _diagnose(
     ca_certs: list[x509.Certificate],
     error: ssl.SSLCertVerificationError,
     base: dict[str, Any],
+    source: str | None = None,
 ) -> ProbeResult:
     """Verification failed: look at what the server presented and classify it ourselves."""
     where, ca_fp = base["address"], base["ca_fingerprint"]
     try:
-        chain = _handshake(host, port, _context(None), name, timeout)
+        chain = _handshake(host, port, _context(None), name, timeout, source)
     except (OSError, ssl.SSLError):
         chain = []
     certs = _load_der(chain)

@@ -145,6 +145,19 @@ def supernode_attrs(
     return attrs
 
 
+def gateway_attrs(config: Config, *, wg_public_key: str | None = None) -> dict[str, str]:
+    """A gateway's attributes: its role, its WireGuard key and tunnel address (what the hub's [Peer]
+    for this zone needs), and the SuperLink it checks. No Flower version: it runs no Flower."""
+    attrs = {"FL_ROLE": "gateway"}
+    if config.superlink_address is not None:
+        attrs["FL_SUPERLINK"] = format_endpoint(config.superlink_address)
+    if config.wg is not None and wg_public_key:
+        attrs["FL_WG_PUBLIC_KEY"] = wg_public_key
+    if config.wg is not None:
+        attrs["FL_WG_TUNNEL_ADDRESS"] = str(config.wg.address)
+    return attrs
+
+
 # -- FL_ERROR sanitising ------------------------------------------------------------------------
 
 _PEM_RE = re.compile(r"-----BEGIN[^\n]*?-----.*?(?:-----END[^\n]*?-----|\Z)", re.S)

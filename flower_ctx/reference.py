@@ -13,8 +13,9 @@ MARKDOWN_HEADER = """\
 Every variable can also be given with the one-apps prefix (`ONEAPP_FL_TLS_ENABLED`, `ONEAPP_FLOWER_VERSION`,
 ...); giving both forms with different values is an error. An empty value means unset (OneFlow passes every
 unanswered input as `''`), so the default applies. `boolean` is `YES` or `NO`; `text64` is base64 (whitespace
-ignored); numbers are base-10 integers. Roles: L = SuperLink, N = SuperNode. Secret values are never logged,
-shown by `context check`, or published.
+ignored); numbers are base-10 integers. Roles: L = SuperLink, N = SuperNode, G = site gateway (a VM of the
+SuperNode image with `FL_APPLIANCE_ROLE=gateway`, see [site-gateways.md](site-gateways.md)). Secret values are
+never logged, shown by `context check`, or published.
 
 Validation is total: every problem is reported at once as `NAME: message` lines, with exit status 2, and nothing
 on the machine changes. Check a context with `flower-ctx context check --role superlink --context FILE`.
@@ -32,12 +33,22 @@ MARKDOWN_FOOTER = """
 - `FL_WG_ENABLED=YES` needs `FL_WG_ADDRESS` and at least one peer (`FL_WG_PEERS` and/or `FL_WG_PEER_PUBLIC_KEY`
   with `FL_WG_PEER_ALLOWED_IPS`). Peers must have distinct public keys and non-overlapping allowed IPs.
 - Variables of the other role, and WireGuard or PKI variables that are switched off, are ignored with a warning.
+- AllowedIPs (and `FL_GATEWAY_ROUTES`) must not route the VM's way out into the tunnel: not everything (`/0`
+  or halves that add up to it), not a peer's endpoint, OneGate or the default gateway, and not the VM's own
+  network or a part of it (`ETHn_IP`/`ETHn_MASK`; checked again against the live routes when applied). A
+  zone's network behind a zone gateway is fine on a hub, as long as the zones' networks differ.
+- Gateway: WireGuard and forwarding are always on (`NO` for either is an error), `FL_WG_ADDRESS` is the
+  gateway's own address (not a pool). `FL_GATEWAY_ROUTES` must not overlap the networks wg0 routes on the
+  same VM; without `FL_GATEWAY_ADDRESS` the VM needs OneGate to find its service's gateway.
+- `FL_WG_MTU` 0 (the default): wg0's MTU is derived from the underlay (the interface of the route to the peers'
+  endpoints, else of the default route) minus 80.
 
 ## Read from OpenNebula
 
 | name | use |
 |---|---|
 | `ETHn_IP`, `ETHn_IP6` | the VM's addresses: SANs of the generated server certificate, the published endpoint |
+| `ETHn_MASK` | with `ETHn_IP`, the VM's own networks, which no route into the tunnel may cover |
 | `ONEGATE_ENDPOINT`, `VMID` | OneGate access (with `TOKEN=YES` in the VM template); the token comes from one_env |
 """
 
@@ -54,7 +65,7 @@ def markdown() -> str:
         for var in rows:
             out.append(
                 f"| `{var.name}` | {var.roles_text} | {var.type}{', secret' if var.secret else ''} | "
-                f"{_code(var.default)} | {var.constraint} | {var.description} |"
+                f"{_code(var.default)} | {var.constraint.replace('|', chr(92) + '|')} | {var.description} |"
             )
     out.append(MARKDOWN_FOOTER)
     return "\n".join(out)

@@ -443,7 +443,7 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False, now: datetime.
         result.facts["tls"] = "disabled"
         return result
     result.facts["tls"] = "enabled"
-    if config.role is Role.SUPERNODE:
+    if config.role is not Role.SUPERLINK:
         return _apply_supernode(config, paths, result, dry_run)
     if config.operator_pki:
         return _apply_operator(config, paths, result, dry_run, now)
@@ -472,8 +472,9 @@ def _install_ca(result: StepResult, pem_bytes: bytes, paths: Paths, dry_run: boo
 
 def _apply_supernode(config: Config, paths: Paths, result: StepResult, dry_run: bool) -> StepResult:
     if config.pki.ca_pem is None:
-        # Same-service discovery: the SuperLink publishes its CA on OneGate; installed later.
-        result.facts["ca_source"] = "OneGate"
+        # Same-service discovery: the SuperLink publishes its CA on OneGate; installed later. A gateway
+        # without a CA checks its SuperLink with TCP only.
+        result.facts["ca_source"] = "OneGate" if config.role is Role.SUPERNODE else "none"
         return result
     result.facts["ca_source"] = "FL_SSL_CA_CERTFILE"
     _install_ca(result, config.pki.ca_pem, paths, dry_run, source="FL_SSL_CA_CERTFILE")

@@ -19,7 +19,11 @@ from .model import Role
 
 L = frozenset({Role.SUPERLINK})
 N = frozenset({Role.SUPERNODE})
-LN = frozenset({Role.SUPERLINK, Role.SUPERNODE})
+G = frozenset({Role.GATEWAY})
+LN = L | N
+NG = N | G
+LG = L | G
+LNG = L | N | G
 
 ALIAS_PREFIX = "ONEAPP_"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -40,6 +44,8 @@ class Variable:
     group: str = "general"
     display: Callable[[Any], str] = str
     stage: str = "configure"  # the one-apps stage that reads it
+    input: bool = True  # offered as a OneFlow input (False: a constant of the role's VM template)
+    accepted: str = ""  # what values are accepted, when bounds/choices do not say it
 
     @property
     def alias(self) -> str:
@@ -47,7 +53,8 @@ class Variable:
 
     @property
     def roles_text(self) -> str:
-        return " ".join(r.letter for r in sorted(self.roles, key=lambda r: r.letter))
+        order = "LNG"
+        return " ".join(r.letter for r in sorted(self.roles, key=lambda r: order.index(r.letter)))
 
     def applies_to(self, role: Role) -> bool:
         return role in self.roles
@@ -62,6 +69,8 @@ class Variable:
     @property
     def constraint(self) -> str:
         """A short human description of what values are accepted (for docs and --help)."""
+        if self.accepted:
+            return self.accepted
         if self.bounds is not None:
             return f"{self.bounds[0]}..{self.bounds[1]}"
         if self.choices:
@@ -131,6 +140,19 @@ def _node_config_display(pairs: Any) -> str:
     return " ".join(f"{k}={val}" for k, val in pairs)
 
 
+def _mtu(value: str) -> int:
+    """0 (derive it from the underlay) or an MTU in 1280..9000."""
+    n = v.integer(value, 0, 10**9)
+    if n != 0 and not 1280 <= n <= 9000:
+        raise v.Invalid(f"must be 0 (derived from the underlay) or from 1280 to 9000 (IPv6's minimum MTU is 1280), "
+                        f"got {n}")
+    return n
+
+
+def _mtu_display(n: Any) -> str:
+    return "0 (derived from the underlay)" if n == 0 else str(n)
+
+
 def _version_display(t: Any) -> str:
     return ".".join(str(x) for x in t)
 
@@ -144,11 +166,13 @@ REGISTRY: tuple[Variable, ...] = (
         v.flower_version, default=v.FLOWER_BAKED, display=_version_display,
     ),
     Variable(
-        "FL_TLS_ENABLED", LN, "boolean", "TLS on the Fleet API (SuperNode to SuperLink). Mandatory across zones.",
+        "FL_TLS_ENABLED", LNG, "boolean",
+        "TLS on the Fleet API (SuperNode to SuperLink). Mandatory across zones. A gateway checks the SuperLink "
+        "behind it with a TLS handshake.",
         v.boolean, default="YES", display=_yes_no, group="tls",
     ),
     Variable(
-        "FL_LOG_LEVEL", LN, "list", "Verbosity of Flower and of the agent.",
+        "FL_LOG_LEVEL", LNG, "list", "Verbosity of Flower and of the agent.",
         _choice(LOG_LEVELS), default="INFO", choices=LOG_LEVELS,
     ),
     Variable(
@@ -166,9 +190,10 @@ REGISTRY: tuple[Variable, ...] = (
         _num(1, 600), default="20", bounds=(1, 600), group="keepalive",
     ),
     Variable(
-        "FL_SSL_CA_CERTFILE", LN, "text64",
+        "FL_SSL_CA_CERTFILE", LNG, "text64",
         "Base64 of a PEM CA certificate. SuperLink: with FL_SSL_CERTFILE and FL_SSL_KEYFILE, your own PKI "
-        "(all three or none). SuperNode: the CA to trust (mandatory across zones with TLS).",
+        "(all three or none). SuperNode: the CA to trust (mandatory across zones with TLS). Gateway: the CA its "
+        "SuperLink check trusts.",
         _pem_bytes, display=_pem_summary, group="tls",
     ),
     Variable(
@@ -205,9 +230,10 @@ REGISTRY: tuple[Variable, ...] = (
         v.boolean, default="YES", display=_yes_no, group="trust",
     ),
     Variable(
-        "FL_FIREWALL", L, "boolean",
+        "FL_FIREWALL", LG, "boolean",
         "An nftables table of the appliance's own (inet flower_ctx): Fleet port only from "
-        "FL_FLEET_ALLOWED_SOURCES, Control ports never from outside, the WireGuard port open when wg0 is on.",
+        "FL_FLEET_ALLOWED_SOURCES, Control ports never from outside, the WireGuard port open when wg0 is on. "
+        "Gateway: the TCP MSS of connections forwarded through wg0 is clamped to the route's MTU.",
         v.boolean, default="YES", display=_yes_no, group="trust",
     ),
     Variable(
@@ -232,9 +258,9 @@ REGISTRY: tuple[Variable, ...] = (
         v.relative_path, default="state/state.db",
     ),
     Variable(
-        "FL_SUPERLINK_ADDRESS", N, "text",
+        "FL_SUPERLINK_ADDRESS", NG, "text",
         "SuperLink Fleet API as host:port or [v6]:port. Empty: discovered through OneGate (same OneFlow "
-        "service only); mandatory across zones.",
+        "service only); mandatory across zones. Gateway: the address its SuperNodes dial, checked through it.",
         v.host_port, group="supernode",
     ),
     Variable(
@@ -251,55 +277,78 @@ REGISTRY: tuple[Variable, ...] = (
         _num(0, 31_536_000), default="0", bounds=(0, 31_536_000), group="supernode",
     ),
     Variable(
-        "FL_WG_ENABLED", LN, "boolean", "Bring up the WireGuard interface wg0.",
+        "FL_WG_ENABLED", LNG, "boolean", "Bring up the WireGuard interface wg0 (always on a gateway).",
         v.boolean, default="NO", display=_yes_no, group="wireguard",
     ),
     Variable(
-        "FL_WG_ADDRESS", LN, "text",
+        "FL_WG_ADDRESS", LNG, "text",
         "This VM's tunnel address with prefix, e.g. 10.10.9.0/31 or 10.10.9.1/24; required when enabled.",
         v.interface_cidr, group="wireguard",
     ),
     Variable(
-        "FL_WG_PRIVATE_KEY", LN, "password",
+        "FL_WG_PRIVATE_KEY", LNG, "password",
         "WireGuard private key (base64, as from `wg genkey`). Empty: generated once on the VM, kept across "
         "reboots, never leaves it.",
         v.wg_key, secret=True, group="wireguard",
     ),
     Variable(
-        "FL_WG_LISTEN_PORT", LN, "number", "WireGuard UDP listen port.",
+        "FL_WG_LISTEN_PORT", LNG, "number", "WireGuard UDP listen port.",
         _num(1, 65535), default="51820", bounds=(1, 65535), group="wireguard",
     ),
     Variable(
-        "FL_WG_MTU", LN, "number", "MTU of wg0.",
-        _num(1280, 9000), default="1420", bounds=(1280, 9000), group="wireguard",
+        "FL_WG_MTU", LNG, "number",
+        "MTU of wg0, 1280..9000. 0 (the default): the MTU of the underlay interface that carries the tunnel (the "
+        "route to the peers' endpoints, else the default route) minus 80, e.g. 1370 on a VXLAN network of MTU 1450.",
+        _mtu, default="0", bounds=(0, 9000), accepted="0, 1280..9000", group="wireguard", display=_mtu_display,
     ),
     Variable(
-        "FL_WG_PEERS", LN, "text64",
+        "FL_WG_PEERS", LNG, "text64",
         "Base64 of one or more wg-quick [Peer] sections (PublicKey, Endpoint, AllowedIPs, PersistentKeepalive, "
         "PresharedKey).",
         _peers_text, display=_peers_summary, group="wireguard",
     ),
     Variable(
-        "FL_WG_PEER_PUBLIC_KEY", LN, "text", "One peer without a [Peer] section: its public key.",
+        "FL_WG_PEER_PUBLIC_KEY", LNG, "text", "One peer without a [Peer] section: its public key.",
         v.wg_key, group="wireguard",
     ),
     Variable(
-        "FL_WG_PEER_ENDPOINT", LN, "text", "That peer's endpoint host:port (hostnames resolved when applied).",
+        "FL_WG_PEER_ENDPOINT", LNG, "text", "That peer's endpoint host:port (hostnames resolved when applied).",
         v.host_port, group="wireguard",
     ),
     Variable(
-        "FL_WG_PEER_ALLOWED_IPS", LN, "text", "That peer's allowed IPs, comma-separated networks.",
+        "FL_WG_PEER_ALLOWED_IPS", LNG, "text", "That peer's allowed IPs, comma-separated networks.",
         v.network_list,
         display=lambda t: ",".join(str(x) for x in t), group="wireguard",
     ),
     Variable(
-        "FL_WG_PERSISTENT_KEEPALIVE", LN, "number",
+        "FL_WG_PERSISTENT_KEEPALIVE", LNG, "number",
         "Seconds between WireGuard keepalives for peers that do not set PersistentKeepalive; 0 = off.",
         _num(0, 65535), default="25", bounds=(0, 65535), group="wireguard",
     ),
     Variable(
-        "FL_WG_FORWARD", LN, "boolean", "Enable IPv4 forwarding (a hub or site gateway between sites).",
+        "FL_WG_FORWARD", LNG, "boolean",
+        "Enable IPv4 forwarding (a hub between sites; always on a gateway).",
         v.boolean, default="NO", display=_yes_no, group="wireguard",
+    ),
+    Variable(
+        "FL_GATEWAY_ROUTES", LN, "text",
+        "Networks reached through this zone's site gateway rather than the default route, comma-separated "
+        "(e.g. the tunnel network 10.10.9.0/24 with the SuperLink's address). The routes carry flower-ctx's "
+        "route protocol and are reconciled at every configure.",
+        v.network_list, display=lambda t: ",".join(str(x) for x in t), group="gateway",
+    ),
+    Variable(
+        "FL_GATEWAY_ADDRESS", LN, "text",
+        "The site gateway's address on this VM's network. Empty with FL_GATEWAY_ROUTES: the VM of the gateway "
+        "role of this VM's OneFlow service (its NIC address, read through OneGate).",
+        v.ip_address, group="gateway",
+    ),
+    Variable(
+        "FL_APPLIANCE_ROLE", NG, "text",
+        "What a VM of the SuperNode image is: supernode (default) or gateway, its zone's site gateway. Set by "
+        "the VM template (`flower-ctx oneflow vm-template gateway`) or by the gateway role of a "
+        "training-site-gateway service, never a OneFlow input.",
+        _choice(("supernode", "gateway")), choices=("supernode", "gateway"), group="gateway", input=False,
     ),
     Variable(
         "FL_APP_DEPENDENCIES", LN, "text",
@@ -327,6 +376,7 @@ GROUP_TITLES = {
     "wireguard": "WireGuard",
     "trust": "Who may join and reach the SuperLink",
     "apps": "Apps and their dependencies",
+    "gateway": "Site gateways",
 }
 
 

@@ -112,6 +112,8 @@ class Watch:
                 return Health(False, f"waiting for SuperLink: {exc}", waiting=True), config, config.onegate
             except FlowerCtxError as exc:
                 return Health(False, str(exc)), config, config.onegate
+        if config.role is Role.GATEWAY:  # no Flower to start or keep running
+            return self.health_check(config, self.paths, sup, timeout=PROBE_TIMEOUT_S), config, config.onegate
         if self._looking and not sup.state(self.role).running:
             with machine_lock(self.paths, wait=False):
                 self.say(f"flower-{self.role} {sup.ensure_running(self.role)} ({sup.manager})")

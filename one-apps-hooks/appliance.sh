@@ -8,7 +8,9 @@
 # done by flower-ctx; this file only maps the one-apps lifecycle onto it.
 #
 # The role is fixed per image: /etc/one-appliance/flower/role holds "superlink" or "supernode"
-# (written by packer/scripts/provision.sh). READY=YES is published by `flower-ctx bootstrap`
+# (written by packer/scripts/provision.sh). A VM of the SuperNode image whose VM template sets
+# CONTEXT FL_APPLIANCE_ROLE=gateway is its zone's site gateway instead (flower-ctx --role gateway:
+# WireGuard to the hub and forwarding, no Flower); see docs/site-gateways.md. READY=YES is published by `flower-ctx bootstrap`
 # itself once Flower really serves; a failed bootstrap returns non-zero, so the one-apps status
 # becomes bootstrap_failure and its net-99 never reports READY either.
 #
@@ -40,6 +42,11 @@ ONE_SERVICE_REPORT="${ONE_SERVICE_REPORT:-/etc/one-appliance/config}"
 _flower_role_file="${FLOWER_APPLIANCE_DIR}/role"
 if [ -z "${FLOWER_ROLE:-}" ] && [ -r "${_flower_role_file}" ]; then
     FLOWER_ROLE=$(tr -d '[:space:]' <"${_flower_role_file}")
+    # one-apps exports every CONTEXT variable: the gateway's VM template says what this VM is.
+    _flower_wanted="${FL_APPLIANCE_ROLE:-${ONEAPP_FL_APPLIANCE_ROLE:-}}"
+    if [ "${FLOWER_ROLE}" = supernode ] && [ "${_flower_wanted}" = gateway ]; then
+        FLOWER_ROLE=gateway
+    fi
 fi
 FLOWER_ROLE="${FLOWER_ROLE:-}"
 if [ -n "${FLOWER_ROLE}" ] && [ -r "${FLOWER_APPLIANCE_DIR}/params-${FLOWER_ROLE}.sh" ]; then
@@ -66,7 +73,7 @@ _flower_ctx() {
 
 _flower_check_role() {
     case "${FLOWER_ROLE}" in
-        superlink | supernode) return 0 ;;
+        superlink | supernode | gateway) return 0 ;;
     esac
     echo "flower-appliance: no role: ${_flower_role_file} must hold superlink or supernode" >&2
     return 2
@@ -224,6 +231,9 @@ _flower_write_report() {
         echo "doctor = flower-ctx doctor"
         if [ "${FLOWER_ROLE}" = superlink ]; then
             echo "ca_export = flower-ctx ca export   (paste into FL_SSL_CA_CERTFILE of the training sites)"
+        fi
+        if [ "${FLOWER_ROLE}" = gateway ]; then
+            echo "hub_peer = flower-ctx wg peer   (this gateway's [Peer] for the hub; add the zone's network to its AllowedIPs)"
         fi
     } >"${tmp}"
     mv -f "${tmp}" "${report}"

@@ -8,7 +8,7 @@ set -euo pipefail
 outdir="${1:-$(dirname "$0")}"
 ctx="${FLOWER_CTX:-flower-ctx}"
 
-for role in superlink supernode; do
+for role in superlink supernode gateway; do
     out="${outdir}/params-${role}.sh"
     tmp=$(mktemp "${out}.tmp.XXXXXX")
     {

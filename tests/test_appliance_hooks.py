@@ -31,6 +31,7 @@ HOOKS = REPO / "one-apps-hooks"
 HOOK = HOOKS / "appliance.sh"
 REAL_CTX = Path(sys.executable).parent / "flower-ctx"
 ROLES = ("superlink", "supernode")
+PARAM_ROLES = (*ROLES, "gateway")  # the SuperNode image also carries the gateway's table
 SEP = "\x1f"
 
 STUB = r"""#!/usr/bin/env bash
@@ -168,7 +169,7 @@ def test_shellcheck_clean() -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", PARAM_ROLES)
 def test_params_table_is_fresh(role: str) -> None:
     committed = (HOOKS / f"params-{role}.sh").read_text()
     # The body is exactly what the registry produces today: a stale table fails here.
@@ -180,13 +181,13 @@ def test_generator_reproduces_committed_tables(tmp_path: Path) -> None:
     env = {**os.environ, "FLOWER_CTX": str(REAL_CTX)}
     out = subprocess.run([str(HOOKS / "generate-params.sh"), str(tmp_path)], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    for role in ROLES:
+    for role in PARAM_ROLES:
         assert (tmp_path / f"params-{role}.sh").read_bytes() == (HOOKS / f"params-{role}.sh").read_bytes(), (
             f"params-{role}.sh is stale: run one-apps-hooks/generate-params.sh"
         )
 
 
-@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("role", PARAM_ROLES)
 def test_params_are_stride_4_rows_of_the_role(role: str) -> None:
     script = f'. {HOOKS}/params-{role}.sh; for x in "${{ONE_SERVICE_PARAMS[@]}}"; do printf "%s\\0" "$x"; done'
     out = subprocess.run(["bash", "-c", script], capture_output=True, check=True)
@@ -266,6 +267,29 @@ def test_role_is_fixed_per_image(tmp_path: Path) -> None:
     out = bare.run("install")
     assert out.returncode == 2 and "must hold superlink or supernode" in out.stderr
     assert bare.calls() == []
+
+
+def test_supernode_image_is_the_gateway_when_its_context_says_so(tmp_path: Path) -> None:
+    gw = Harness(_sub(tmp_path, "g"), role="supernode")
+    shutil.copy(HOOKS / "params-gateway.sh", gw.appliance)  # provision.sh installs it on the SuperNode image
+    out = gw.run("configure bootstrap", FL_APPLIANCE_ROLE="gateway")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert gw.non_status_calls() == [["configure", "--role", "gateway", "--env"],
+                                     ["bootstrap", "--role", "gateway", "--env"]]
+    fields = report_fields(gw.report)
+    assert fields["role"] == "gateway" and fields["hub_peer"].startswith("flower-ctx wg peer")
+    assert "[Flower gateway]" in gw.report.read_text()
+    alias = Harness(_sub(tmp_path, "a"), role="supernode")
+    shutil.copy(HOOKS / "params-gateway.sh", alias.appliance)
+    assert alias.run("configure", ONEAPP_FL_APPLIANCE_ROLE="gateway").returncode == 0
+    assert alias.non_status_calls()[0][:3] == ["configure", "--role", "gateway"]
+    # Only the SuperNode image becomes a gateway; a SuperLink image stays what it is.
+    link = Harness(_sub(tmp_path, "l"), role="superlink")
+    assert link.run("configure", FL_APPLIANCE_ROLE="gateway").returncode == 0
+    assert link.non_status_calls()[0][:3] == ["configure", "--role", "superlink"]
+    node = Harness(_sub(tmp_path, "n"), role="supernode")
+    assert node.run("configure", FL_APPLIANCE_ROLE="supernode").returncode == 0
+    assert node.non_status_calls()[0][:3] == ["configure", "--role", "supernode"]
 
 
 def test_cleanup_is_idempotent(tmp_path: Path) -> None:

@@ -65,7 +65,8 @@ def test_json_output(stage: Path) -> None:
     doc = json.loads(out.stdout)
     assert doc["changed"] is True
     assert [s["name"] for s in doc["steps"]] == [
-        "identity", "flower", "app dependencies", "tls", "node key", "wireguard", "firewall", "runtime"]
+        "identity", "flower", "app dependencies", "tls", "node key", "wireguard", "gateway routes", "firewall",
+        "runtime"]
     steps = {s["name"]: s for s in doc["steps"]}
     assert steps["tls"]["facts"]["ca_fingerprint"].startswith("sha256:")
 

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flower_ctx.model import Role
-from flower_ctx.oneflow import KINDS, VERSIONS, build, service_inputs
+from flower_ctx.oneflow import KINDS, NOT_OFFERED, ROLE_SKIPS, VERSIONS, build, roles_of, service_inputs
 from flower_ctx.variables import REGISTRY
 from tests.oneflow_double import OneFlowError, parse_template, validate
 
@@ -78,12 +78,22 @@ def role(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def registry_names(*role_names: str) -> set[str]:
-    return {v.name for v in REGISTRY if any(r.value in role_names for r in v.roles) and not v.secret}
+    """The variables these roles take as OneFlow inputs (not secrets, not VM template constants)."""
+    return {v.name for v in REGISTRY if any(r.value in role_names for r in v.roles) and not v.secret and v.input}
+
+
+def kind_names(kind: str) -> set[str]:
+    """The inputs a kind offers: its roles' variables minus what the kind never offers."""
+    return registry_names(*[r.value for r in roles_of(kind)]) - NOT_OFFERED.get(kind, frozenset())
+
+
+TEMPLATE_IDS = {"superlink": 11, "supernode": 12, "gateway": 13}
 
 
 def ids_for(kind: str) -> list[str]:
-    return [*(["--superlink-template-id", "11"] if kind != "training-site" else []),
-            *(["--supernode-template-id", "12"] if kind != "coordinator" else [])]
+    return [*(["--superlink-template-id", "11"] if kind in ("coordinator", "single-site") else []),
+            *(["--supernode-template-id", "12"] if kind != "coordinator" else []),
+            *(["--gateway-template-id", "13"] if kind == "training-site-gateway" else [])]
 
 
 # --- both schemas ----------------------------------------------------------------------------
@@ -111,7 +121,7 @@ def test_each_template_passes_its_versions_schema_and_not_the_others(kind: str, 
         assert err.value.message.startswith("Mandatory document key 'type (string)' is missing from {")
         converted = validate("7", json.loads(json.dumps(doc)))
         for r in converted["roles"]:
-            assert r["type"] == "vm" and r["template_id"] == {"superlink": 11, "supernode": 12}[r["name"]]
+            assert r["type"] == "vm" and r["template_id"] == TEMPLATE_IDS[r["name"]]
             assert "vm_template" not in r
         assert converted["user_inputs"] == doc["custom_attrs"] and "custom_attrs" not in converted
 
@@ -120,12 +130,13 @@ def test_each_template_passes_its_versions_schema_and_not_the_others(kind: str, 
 def test_7_template_has_service_level_inputs_only(kind: str) -> None:
     doc = template(kind, *ids_for(kind))  # --opennebula 7 is the default
     assert doc["ready_status_gate"] is True
-    assert set(doc["user_inputs"]) == registry_names(*[r["name"] for r in doc["roles"]])
+    assert set(doc["user_inputs"]) == kind_names(kind)
     for r in doc["roles"]:
-        assert r["type"] == "vm" and r["template_id"] == {"superlink": 11, "supernode": 12}[r["name"]]
+        assert r["type"] == "vm" and r["template_id"] == TEMPLATE_IDS[r["name"]]
         # FireEdge 7 never shows role-level user_inputs of a service template.
         assert "user_inputs" not in r and "user_inputs_values" not in r
-        assert r["template_contents"] == {"CONTEXT": {"TOKEN": "YES", "REPORT_READY": "YES", "NETWORK": "YES"}}
+        own = {"FL_APPLIANCE_ROLE": "gateway"} if r["name"] == "gateway" else {}
+        assert r["template_contents"] == {"CONTEXT": {"TOKEN": "YES", "REPORT_READY": "YES", "NETWORK": "YES", **own}}
         assert "vm_template" not in r and "vm_template_contents" not in r
     assert "custom_attrs" not in doc
     assert "TOKEN=YES" in doc["description"] and "REPORT_READY=YES" in doc["description"]
@@ -135,7 +146,7 @@ def test_7_template_has_service_level_inputs_only(kind: str) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_610_template_passes_inputs_by_text_substitution(kind: str) -> None:
     doc = template(kind, "--opennebula", "6.10", *ids_for(kind))
-    assert set(doc["custom_attrs"]) == registry_names(*[r["name"] for r in doc["roles"]])
+    assert set(doc["custom_attrs"]) == kind_names(kind)
     assert "user_inputs" not in doc
     for r in doc["roles"]:
         assert type(r["vm_template"]) is int and "template_id" not in r and "type" not in r
@@ -143,8 +154,12 @@ def test_610_template_passes_inputs_by_text_substitution(kind: str) -> None:
         # Top-level NAME = "$NAME" lines only: no CONTEXT vector (it would replace the VM template's).
         assert "CONTEXT" not in contents and "[" not in contents
         attrs = parse_template(contents)
-        assert all(value == f"${name}" for name, value in attrs)
-        assert {name for name, _ in attrs} == registry_names(r["name"])
+        # ... after the role's constants (the gateway role says what its VMs are).
+        constants = [(name, value) for name, value in attrs if value != f"${name}"]
+        assert constants == ([("FL_APPLIANCE_ROLE", "gateway")] if r["name"] == "gateway" else [])
+        attrs = [a for a in attrs if a not in constants]
+        skipped = {n for role, names in ROLE_SKIPS.get(kind, {}).items() if role.value == r["name"] for n in names}
+        assert {name for name, _ in attrs} == (registry_names(r["name"]) & kind_names(kind)) - skipped
         # 6.10 replaces "$NAME" with a plain gsub: a longer name must come before its prefix.
         names = [name for name, _ in attrs]
         for i, name in enumerate(names):
@@ -252,7 +267,7 @@ def test_help_names_the_versions_and_the_clients() -> None:
     assert "vm-template" in out and "template" in out
 
 
-@pytest.mark.parametrize("role_name", ["superlink", "supernode"])
+@pytest.mark.parametrize("role_name", ["superlink", "supernode", "gateway"])
 def test_vm_template_passes_every_input_to_context(role_name: str) -> None:
     outs = {v: cli("oneflow", "vm-template", role_name, "--opennebula", v) for v in VERSIONS}
     for out in outs.values():
@@ -263,7 +278,14 @@ def test_vm_template_passes_every_input_to_context(role_name: str) -> None:
     assert isinstance(ctx, dict)
     assert (ctx["TOKEN"], ctx["NETWORK"], ctx["REPORT_READY"]) == ("YES", "YES", "YES")
     passed = {k for k, v in ctx.items() if v == f"${k}"}
-    assert passed == registry_names(role_name)
+    if role_name == "supernode":
+        # The SuperNode image is also the site gateway: its template passes both roles' inputs, and
+        # FL_APPLIANCE_ROLE, which only a training-site-gateway service's gateway role sets.
+        assert passed == registry_names("supernode", "gateway") | {"FL_APPLIANCE_ROLE"}
+    else:
+        assert passed == registry_names(role_name)
+    assert ctx.get("FL_APPLIANCE_ROLE") == {"superlink": None, "supernode": "$FL_APPLIANCE_ROLE",
+                                            "gateway": "gateway"}[role_name]
     # The same CONTEXT for both versions; only the comment differs.
     body = {v: out.stdout[out.stdout.index("CONTEXT = ["):] for v, out in outs.items()}
     assert body["7"] == body["6.10"]

@@ -440,6 +440,9 @@ def test_delete_of_an_absent_attribute_does_not_loop(version: str, answer: str) 
 # --- every template x version x client, with realistic answers -------------------------------------
 
 
+HUB_PUBLIC_KEY = "hK1Ylu/8ThP1Yq1gh4bDPHrG1Hgn5H/Nq8+ObRjjaW0="
+
+
 def answers_for(kind: str, version: str, client: str, ca_line: str) -> dict[str, str]:
     # Flower node config with a quoted string: 6.10 pastes values into template text unescaped,
     # where a double quote breaks the template, so its operators write TOML's single quotes.
@@ -447,15 +450,23 @@ def answers_for(kind: str, version: str, client: str, ca_line: str) -> dict[str,
     values = {"FL_TLS_ENABLED": "YES"}
     if kind == "coordinator":
         values["FL_CERT_EXTRA_SAN"] = "IP:203.0.113.50,DNS:superlink.example.org"
-    if kind in ("training-site", "single-site"):
+    if kind in ("training-site", "single-site", "training-site-gateway"):
         values["FL_NODE_CONFIG"] = f"partition-id=0 num-partitions=2 name={quote}site b{quote}"
         values["FL_LOG_LEVEL"] = "DEBUG"
-    if kind == "training-site":
+    if kind in ("training-site", "training-site-gateway"):
         values["FL_SUPERLINK_ADDRESS"] = "203.0.113.50:9092"
         # CLI: the line `ca export` prints, which the CLI base64-encodes again. Web UI: the PEM
         # itself, pasted over several lines.
         values["FL_SSL_CA_CERTFILE"] = ca_line if client == "cli" else base64.b64decode(ca_line).decode()
+    if kind == "training-site-gateway":
+        # The SuperNodes dial the SuperLink's tunnel address, through the zone's gateway.
+        values.update({"FL_SUPERLINK_ADDRESS": "10.10.9.1:9092", "FL_WG_ADDRESS": "10.10.9.2/24",
+                       "FL_WG_PEER_PUBLIC_KEY": HUB_PUBLIC_KEY, "FL_WG_PEER_ENDPOINT": "203.0.113.50:51820",
+                       "FL_WG_PEER_ALLOWED_IPS": "10.10.9.0/24", "FL_GATEWAY_ROUTES": "10.10.9.0/24"})
     return values
+
+
+PARENT_ROLE = {"single-site": "superlink", "training-site-gateway": "gateway"}
 
 
 @pytest.mark.parametrize("client", ["cli", "web"])
@@ -469,10 +480,10 @@ def test_instantiated_vms_get_a_context_flower_ctx_accepts(sites: Any, kind: str
     sid = instantiate(flow, tid, client, values)
     flow.settle()
     for rec in list(flow.vms(sid)):
-        if rec.role == "superlink":
+        if rec.role in ("superlink", "gateway"):
             report_ready(flow, rec)
     vms = flow.vms(sid)
-    assert len(vms) == {"coordinator": 1, "training-site": 2, "single-site": 3}[kind]
+    assert len(vms) == {"coordinator": 1, "training-site": 2, "single-site": 3, "training-site-gateway": 3}[kind]
     ca_pem = base64.b64decode(ca_line)
     for rec in vms:
         cfg = accepted(rec)
@@ -485,6 +496,15 @@ def test_instantiated_vms_get_a_context_flower_ctx_accepts(sites: Any, kind: str
             quote = '"' if version == "7" else "'"
             name = f"{quote}site b{quote}"
             assert cfg.node_config == (("partition-id", "0"), ("num-partitions", "2"), ("name", name))
+        if kind == "training-site-gateway":
+            assert str(cfg.superlink_address) == "10.10.9.1:9092"
+            if rec.role == "gateway":
+                assert rec.context["FL_APPLIANCE_ROLE"] == "gateway"
+                assert cfg.wg is not None and str(cfg.wg.address) == "10.10.9.2/24" and cfg.wg.forward
+            else:  # no tunnel of its own: the route through the gateway, found through OneGate
+                assert cfg.wg is None and [str(r) for r in cfg.gateway_routes] == ["10.10.9.0/24"]
+                assert cfg.gateway_address is None and not rec.context.get("FL_APPLIANCE_ROLE")
+                assert not any("FL_WG" in w for w in cfg.warnings), cfg.warnings
         if kind == "training-site":
             assert str(cfg.superlink_address) == "203.0.113.50:9092"
             assert cfg.pki.ca_pem is not None and cfg.pki.ca_pem.strip() == ca_pem.strip()
@@ -660,3 +680,73 @@ def test_role_level_inputs_are_not_asked_by_sunstone(sites: Any, version: str, m
     answers = [""] * len(doc["roles"][0]["user_inputs"])
     out = flow.cli(["oneflow-template", "instantiate", str(tid)], answers)
     assert '> Please insert the user inputs for the role "superlink"' in out and "ID: " in out
+
+
+# --- a training site behind one site gateway -------------------------------------------------------
+
+
+@pytest.mark.parametrize("client", ["cli", "web"])
+@pytest.mark.parametrize("version", VERSIONS)
+def test_training_site_gateway_deploys_the_supernodes_behind_the_gateway(sites: Any, version: str, client: str,
+                                                                         tmp_path: Path, ca_line: str) -> None:
+    from flower_ctx.errors import ValidationError
+    from flower_ctx.gateway.discover import find_gateway
+
+    flow, og = sites(version)
+    # One VM template for both roles (the SuperNode image's): the gateway role says what its VM is.
+    tid = register(flow, "training-site-gateway", version, tmp_path)
+    body = flow.template(tid)
+    assert [(r["name"], r.get("parents")) for r in body["roles"]] == [("gateway", None), ("supernode", ["gateway"])]
+    assert body["deployment"] == "straight"
+    sid = instantiate(flow, tid, client, answers_for("training-site-gateway", version, client, ca_line))
+    flow.settle()
+    (gw,) = flow.vms(sid)
+    assert gw.role == "gateway" and gw.name == f"gateway_0_(service_{sid})"
+    assert gw.context["FL_APPLIANCE_ROLE"] == "gateway"
+    cfg = accepted(gw)
+    assert cfg.wg is not None and cfg.wg.forward and cfg.wg.mtu is None  # MTU derived from the underlay
+    assert [(p.public_key, str(p.endpoint)) for p in cfg.wg.peers] == [(HUB_PUBLIC_KEY, "203.0.113.50:51820")]
+    # The same CONTEXT validated as a SuperNode is refused: the VM template says it is a gateway.
+    with pytest.raises(ValidationError, match="FL_APPLIANCE_ROLE"):
+        config.resolve("supernode", ctxmod.parse(gw.context_sh().encode(), gw.name), token=gw.token)
+    # SuperNodes wait for the gateway's READY (straight deployment, readiness gate).
+    client_for(gw).update_vm({"FL_READY": "NO", "FL_ERROR": "waiting for SuperLink"})
+    flow.settle()
+    assert flow.vms(sid, "supernode") == [] and flow.service(sid).state == "DEPLOYING"
+    report_ready(flow, gw, FL_ROLE="gateway")
+    nodes = flow.vms(sid, "supernode")
+    assert [n.name for n in nodes] == [f"supernode_{i}_(service_{sid})" for i in range(2)]
+    gw_ip = gw.context["ETH0_IP"]
+    import ipaddress
+
+    for node in nodes:
+        ncfg = accepted(node)
+        assert ncfg.wg is None and [str(r) for r in ncfg.gateway_routes] == ["10.10.9.0/24"]
+        # What configure does on the SuperNode: the gateway's NIC address on its own network, from OneGate.
+        net = ipaddress.ip_network(f"{node.context['ETH0_IP']}/{node.context['ETH0_MASK']}", strict=False)
+        assert find_gateway(client_for(node), [net]) == (ipaddress.ip_address(gw_ip), str(gw.id))
+        report_ready(flow, node)
+    assert flow.service(sid).state == "RUNNING"
+    # A third SuperNode: the gateway's CONTEXT does not change (nor does anything in zone A).
+    before = dict(gw.context)
+    flow.scale(sid, "supernode", 3)
+    flow.settle()
+    third = flow.vms(sid, "supernode")[-1]
+    assert third.name == f"supernode_2_(service_{sid})" and flow.record(gw.id).context == before
+    assert accepted(third).gateway_routes == ncfg.gateway_routes
+
+
+def test_the_real_context_check_accepts_the_gateway(sites: Any, tmp_path: Path, ca_line: str) -> None:
+    flow, _ = sites("7")
+    tid = register(flow, "training-site-gateway", "7", tmp_path)
+    sid = instantiate(flow, tid, "cli", answers_for("training-site-gateway", "7", "cli", ca_line))
+    flow.settle()
+    (gw,) = flow.vms(sid)
+    vmdir = tmp_path / "vm"
+    vmdir.mkdir()
+    (vmdir / "context.sh").write_text(gw.context_sh())
+    (vmdir / "token.txt").write_text(gw.token + "\n")
+    out = subprocess.run([sys.executable, "-m", "flower_ctx.cli", "context", "check", "--role", "gateway",
+                          "--context", str(vmdir / "context.sh")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "valid for gateway" in out.stdout

@@ -202,7 +202,7 @@ def test_node_config_pairs_and_injection() -> None:
 def test_role_specific_variables_are_ignored_with_a_warning() -> None:
     cfg = load_config("superlink", {"FL_SUPERLINK_ADDRESS": "not even valid", "FL_MAX_RETRIES": "x"})
     assert cfg.superlink_address is None
-    assert any("FL_SUPERLINK_ADDRESS: ignored, it applies to the SuperNode only" in w for w in cfg.warnings)
+    assert any("FL_SUPERLINK_ADDRESS: ignored, it applies to the SuperNode and gateway only" in w for w in cfg.warnings)
 
 
 def test_nic_addresses_collected_in_natural_order() -> None:

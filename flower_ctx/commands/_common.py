@@ -14,7 +14,7 @@ from ..model import Config
 from ..paths import Paths
 from ..variables import all_names
 
-ROLES = ("superlink", "supernode")
+ROLES = ("superlink", "supernode", "gateway")
 
 class NonEmptyPath(click.Path):
     """A path option that refuses the empty string: ``--root ''`` is an unset shell variable, not
@@ -28,7 +28,8 @@ class NonEmptyPath(click.Path):
 
 
 role_option = click.option(
-    "--role", "role", type=click.Choice(ROLES), required=True, help="Which Flower role this VM plays."
+    "--role", "role", type=click.Choice(ROLES), required=True,
+    help="Which role this VM plays: a Flower superlink or supernode, or its zone's site gateway.",
 )
 context_option = click.option(
     "--context",

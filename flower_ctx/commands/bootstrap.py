@@ -80,7 +80,9 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
 
     SuperLink: ready when its Fleet API completes a TLS handshake verified with its own CA on the
     address SuperNodes dial. SuperNode: ready when Flower runs and the SuperLink's handshake
-    verifies with the configured CA. Exit 0 only when ready (READY=YES is then in OneGate); exit 1
+    verifies with the configured CA. Gateway (no Flower): ready when wg0 is up, forwarding is on,
+    its routes are present, the hub answered a handshake, and the SuperLink answers through it.
+    Exit 0 only when ready (READY=YES is then in OneGate); exit 1
     otherwise, with the reason printed and published as FL_ERROR (READY withdrawn). A SuperNode
     whose SuperLink is not up yet exits 1 too ("waiting for SuperLink"): the watch goes on looking
     and publishes READY=YES when the SuperLink answers, so one-apps never reports READY early.
@@ -116,8 +118,9 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
             raise click.exceptions.Exit(EXIT_FAILED) from None
     if config.role is Role.SUPERNODE:
         publish_attributes(config, paths, client)  # its key first: the SuperLink admits it from OneGate
-    action = sup.ensure_running(role)
-    say(f"flower-{role} {action} ({sup.manager})")
+    if config.role is not Role.GATEWAY:  # a gateway runs no Flower: its service is forwarding
+        action = sup.ensure_running(role)
+        say(f"flower-{role} {action} ({sup.manager})")
     health = _wait_health(config, paths, sup, wait)
     say(("ready: " if health.ok else "not ready: ") + health.detail)
     if health.ok and config.role is Role.SUPERLINK:

@@ -35,6 +35,7 @@ def _steps() -> list[tuple[str, Step]]:
     Imported here, not at module level, so `configure --help` stays light.
     """
     from .. import admission, agentstate, apps, firewall, flowerversion, runtime, tls, wireguard
+    from ..gateway import routes as gateway_routes
     from ..model import Role
 
     def runtime_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
@@ -44,12 +45,18 @@ def _steps() -> list[tuple[str, Step]]:
             found = agentstate.discovered_superlink(paths)
         return runtime.apply(config, paths, dry_run=dry_run, superlink_address=found)
 
+    def flower_step(config: Config, paths: Paths, *, dry_run: bool) -> StepResult:
+        if config.role is Role.GATEWAY:  # a gateway runs no Flower: its release does not matter
+            return StepResult("flower")
+        return flowerversion.apply(config, paths, dry_run=dry_run)
+
     return [
-        ("flower", flowerversion.apply),
+        ("flower", flower_step),
         ("app dependencies", apps.apply),
         ("tls", tls.apply),
         ("node key", admission.ensure_node_key),
         ("wireguard", wireguard.apply),
+        ("gateway routes", gateway_routes.apply),
         ("firewall", firewall.apply),
         ("runtime", runtime_step),
     ]
@@ -83,7 +90,8 @@ def _print(results: list[StepResult], dry_run: bool, role: str, paths: Paths) ->
         for s in r.skipped:
             click.echo(f"  {'skipped':<{w_out}}  {s}  (--root: system effect not performed)")
     facts = {k: v for r in results for k, v in r.facts.items()}
-    for key in ("vm_number", "ca_fingerprint", "server_sans", "wg_address", "wg_public_key", "superlink_address"):
+    for key in ("vm_number", "ca_fingerprint", "server_sans", "wg_address", "wg_public_key", "wg_mtu", "gateway",
+                "superlink_address"):
         if key in facts:
             click.echo(f"  {key.replace('_', ' ')}: {facts[key]}")
     pending = sum(1 for r in results for c in r.changes if c.pending)

@@ -74,7 +74,8 @@ def check(role: str, context_file: Path | None, use_env: bool, root: Path | None
     help="markdown: docs/context-variables.md; user-inputs: OpenNebula M|type|desc|params|default strings; "
     "one-apps: ONE_SERVICE_PARAMS rows.",
 )
-@click.option("--role", type=click.Choice(["superlink", "supernode"]), default=None, help="Only this role's variables.")
+@click.option("--role", type=click.Choice(["superlink", "supernode", "gateway"]), default=None,
+              help="Only this role's variables.")
 def reference(fmt: str, role: str | None) -> None:
     """Print the CONTEXT variable reference generated from the registry."""
     if fmt == "markdown":

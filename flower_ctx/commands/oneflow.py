@@ -13,7 +13,9 @@ USES = {
     "coordinator": ("superlink",),
     "training-site": ("supernode",),
     "single-site": ("superlink", "supernode"),
+    "training-site-gateway": ("supernode", "gateway"),
 }
+OPTIONAL = {"gateway"}  # defaults to the SuperNode's VM template (the gateway is a role of that image)
 
 version_option = click.option(
     "--opennebula",
@@ -38,6 +40,8 @@ def command() -> None:
 @version_option
 @click.option("--superlink-template-id", type=click.IntRange(min=0), default=None, help="VM template of the SuperLink.")
 @click.option("--supernode-template-id", type=click.IntRange(min=0), default=None, help="VM template of the SuperNode.")
+@click.option("--gateway-template-id", type=click.IntRange(min=0), default=None,
+              help="VM template of the site gateway (training-site-gateway; default: the SuperNode's).")
 @click.option("--name", default=None, help="Service template name (default: flower-KIND).")
 @click.option(
     "--supernodes",
@@ -51,15 +55,18 @@ def template(
     opennebula: str,
     superlink_template_id: int | None,
     supernode_template_id: int | None,
+    gateway_template_id: int | None,
     name: str | None,
     supernodes: int,
 ) -> None:
     """Print a OneFlow service template for KIND as JSON.
 
     \b
-    coordinator    SuperLink only, one VM, TLS on (the zone that runs the federation)
-    training-site  SuperNodes only; FL_SUPERLINK_ADDRESS and FL_SSL_CA_CERTFILE mandatory
-    single-site    SuperLink and SuperNodes in one service; SuperNodes find it through OneGate
+    coordinator            SuperLink only, one VM, TLS on (the zone that runs the federation)
+    training-site          SuperNodes only; FL_SUPERLINK_ADDRESS and FL_SSL_CA_CERTFILE mandatory
+    single-site            SuperLink and SuperNodes in one service; SuperNodes find it through OneGate
+    training-site-gateway  a site gateway (the zone's one WireGuard tunnel) and SuperNodes behind it,
+                           deployed once the gateway is READY; the hub lists one peer for the zone
 
     \b
     Register it with `oneflow-template create FILE`, then instantiate it with
@@ -72,12 +79,12 @@ def template(
     (TOKEN=YES, REPORT_READY=YES, and each input passed as NAME="$NAME": 6.10 needs that to see
     any input in CONTEXT).
     """
-    ids = {"superlink": superlink_template_id, "supernode": supernode_template_id}
+    ids = {"superlink": superlink_template_id, "supernode": supernode_template_id, "gateway": gateway_template_id}
     for role, value in ids.items():
         if value is not None and role not in USES[kind]:
             raise click.UsageError(f"--{role}-template-id does not apply to {kind} (it has no {role} role)")
     for role in USES[kind]:
-        if ids[role] is None:
+        if ids[role] is None and role not in OPTIONAL:
             field = "template_id" if opennebula == "7" else "vm_template"
             click.echo(f"note: --{role}-template-id not given; using {field} 0 (edit it before use)", err=True)
     doc = build(
@@ -87,12 +94,13 @@ def template(
         name=name,
         supernodes=supernodes,
         opennebula=opennebula,
+        gateway_template_id=gateway_template_id,
     )
     click.echo(json.dumps(doc, indent=2))
 
 
 @command.command("vm-template")
-@click.argument("role", type=click.Choice(["superlink", "supernode"]))
+@click.argument("role", type=click.Choice(["superlink", "supernode", "gateway"]))
 @version_option
 def vm_template_command(role: str, opennebula: str) -> None:
     """Print the CONTEXT section ROLE's VM template needs (OpenNebula template text).
@@ -102,6 +110,8 @@ def vm_template_command(role: str, opennebula: str) -> None:
     6.10 and 7.x alike (an unanswered one is empty, i.e. unset). Add it to the role's VM
     template with `onetemplate update ID FILE --append` (it replaces the template's CONTEXT). The
     output is the same for both versions apart from its comment. No secret is listed: see
-    docs/appliance.md.
+    docs/appliance.md. The SuperNode image's template also serves as the site gateway of a
+    training-site-gateway service (that service's gateway role says so); `gateway` prints a
+    template whose VMs are always gateways (FL_APPLIANCE_ROLE = "gateway").
     """
     click.echo(vm_template(role, opennebula), nl=False)

@@ -21,7 +21,69 @@ def _age(seconds: float | None) -> str:
     return f"{s}s ago" if s < 120 else f"{s // 60}m ago" if s < 7200 else f"{s // 3600}h ago"
 
 
+def _wg_rows(wg: dict[str, Any] | None, rows: list[tuple[str, str]]) -> None:
+    if not wg:
+        return
+    rows.append(("wireguard", f"{wg['interface']} {'up' if wg['up'] else 'down'} ({wg['backend']}), "
+                              f"{','.join(wg['addresses'])}, port {wg['listen_port']}, mtu {wg['mtu']}"))
+    rows.append(("wg public key", str(wg["public_key"])))
+    for p in wg["peers"]:
+        rows.append(("wg peer", f"{p['public_key']} {p['endpoint'] or '-'} handshake "
+                                f"{_age(p['latest_handshake_age'])} rx {p['rx_bytes']} tx {p['tx_bytes']}"))
+
+
+def _onegate_row(og: dict[str, Any] | None, rows: list[tuple[str, str]]) -> None:
+    if og:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(og.get("time", 0)))
+        if og.get("onegate_problem") or not og.get("published", False):
+            text = f"{when}: not published ({og.get('onegate_problem') or og.get('reason')})"
+        else:
+            text = f"{when}: {'READY=YES' if og.get('ready') else 'FL_READY=NO ' + repr(og.get('error'))}"
+        rows.append(("onegate", text))
+    else:
+        rows.append(("onegate", "nothing published yet"))
+
+
+def _aligned(rows: list[tuple[str, str]]) -> list[str]:
+    width = max(len(k) for k, _ in rows)
+    return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+def render_gateway(f: dict[str, Any]) -> list[str]:
+    """A gateway: the tunnel, forwarding, routes, the hub's handshake, the SuperLink through it."""
+    g = f["gateway"]
+    rows: list[tuple[str, str]] = [("role", "gateway (forwards between this zone and the tunnel; no Flower)")]
+    if not f["configured"]:
+        rows.append(("configured", "no: run flower-ctx configure --role gateway"))
+    _wg_rows(f.get("wireguard"), rows)
+    if f.get("wireguard") is None:
+        rows.append(("wireguard", "wg0 is not up"))
+    rows.append(("forwarding", "on" if g["forwarding"] else "OFF"))
+    routes = g["routes"]
+    missing = set(routes["missing"])
+    rows.append(("routes", ", ".join(f"{r}{' (MISSING)' if r in missing else ''}" for r in routes["expected"])
+                 or "none"))
+    for hub in g["hub"]:
+        rows.append(("hub", f"{hub['public_key']} {hub['endpoint'] or '-'} handshake {_age(hub['handshake_age'])}"))
+    sl = g.get("superlink")
+    if sl:
+        rows.append(("superlink", f"{'ok' if sl['ok'] else 'FAILED'}: {sl['message']}"
+                                  + (f" (from {sl['from']})" if sl.get("from") else "")))
+    else:
+        rows.append(("superlink", "not checked (FL_SUPERLINK_ADDRESS is empty)"))
+    ca = f["tls"].get("ca")
+    if ca:
+        rows.append(("ca", f"{ca['fingerprint']} expires {ca['not_after']}" if not ca["problem"]
+                     else f"{ca['path']}: {ca['problem']}"))
+    for p in g["problems"]:
+        rows.append(("problem", f"{p['problem']}; fix: {p['fix']}"))
+    _onegate_row(f.get("onegate"), rows)
+    return _aligned(rows)
+
+
 def render(f: dict[str, Any]) -> list[str]:
+    if f["role"] == "gateway":
+        return render_gateway(f)
     rows: list[tuple[str, str]] = [("role", f["role"])]
     fv = f["flower_version"]
     rows.append(("flower", f"{fv['configured'] or '?'} configured, {fv['installed'] or 'not installed'} installed"))
@@ -87,26 +149,14 @@ def render(f: dict[str, Any]) -> list[str]:
             r = pin["refused"]
             rows.append(("refused ca", f"{r.get('fingerprint')} published by VM {r.get('vm') or '?'}: not trusted "
                                        "(FL_SSL_CA_CERTFILE or `flower-ctx ca forget` if it is genuine)"))
-    wg = f.get("wireguard")
-    if wg:
-        rows.append(("wireguard", f"{wg['interface']} {'up' if wg['up'] else 'down'} ({wg['backend']}), "
-                                  f"{','.join(wg['addresses'])}, port {wg['listen_port']}"))
-        rows.append(("wg public key", str(wg["public_key"])))
-        for p in wg["peers"]:
-            rows.append(("wg peer", f"{p['public_key']} {p['endpoint'] or '-'} handshake "
-                                    f"{_age(p['latest_handshake_age'])} rx {p['rx_bytes']} tx {p['tx_bytes']}"))
-    og = f.get("onegate")
-    if og:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(og.get("time", 0)))
-        if og.get("onegate_problem") or not og.get("published", False):
-            text = f"{when}: not published ({og.get('onegate_problem') or og.get('reason')})"
-        else:
-            text = f"{when}: {'READY=YES' if og.get('ready') else 'FL_READY=NO ' + repr(og.get('error'))}"
-        rows.append(("onegate", text))
-    else:
-        rows.append(("onegate", "nothing published yet"))
-    width = max(len(k) for k, _ in rows)
-    return [f"{k:<{width}}  {v}" for k, v in rows]
+    _wg_rows(f.get("wireguard"), rows)
+    gr = f.get("gateway_routes")
+    if gr and gr.get("address"):
+        present = gr.get("present") or {}
+        shown = ", ".join(f"{r}{'' if present.get(r, True) else ' (MISSING)'}" for r in gr["routes"])
+        rows.append(("site gateway", f"{gr['address']} ({gr.get('source') or '?'}): {shown}"))
+    _onegate_row(f.get("onegate"), rows)
+    return _aligned(rows)
 
 
 @click.command("status")
@@ -114,7 +164,10 @@ def render(f: dict[str, Any]) -> list[str]:
 @read_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print stable JSON (see docs/json-output.md).")
 def command(role: str | None, root: Path | None, as_json: bool) -> None:
-    """Show role, Flower version, service state, endpoint, TLS, WireGuard, keepalive and the last OneGate report."""
+    """Show role, Flower version, service state, endpoint, TLS, WireGuard, keepalive and the last OneGate report.
+
+    On a gateway: wg0, forwarding, the routes on wg0, the hub's handshake age and the SuperLink checked
+    through the gateway (a TLS handshake with the CA from the gateway's zone address)."""
     paths = paths_for(root)
     role = role or detect_role(paths)
     if role is None:

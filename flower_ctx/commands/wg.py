@@ -26,14 +26,16 @@ def keygen() -> None:
 
 
 @command.command()
-@click.option("--role", type=click.Choice(["superlink", "supernode"]), default=None,
+@click.option("--role", type=click.Choice(["superlink", "supernode", "gateway"]), default=None,
               help="Role of this VM (default: the one configured).")
 @click.option("--root", "root", type=click.Path(file_okay=False), default=None,
               help="Read the machine's files under DIR (a tree made by `configure --root DIR`).")
 def peer(role: str | None, root: str | None) -> None:
     """Print the [Peer] section the hub needs for this VM: its public key and its tunnel address
     as AllowedIPs (/32 or /128). Paste it into the hub's FL_WG_PEERS (one section per VM; with a
-    pool, each VM of the role has its own address). Nothing secret is printed.
+    pool, each VM of the role has its own address). On a site gateway the zone's network (the one
+    its SuperNodes are on) is added: the hub routes it back through this gateway, one peer per zone.
+    Nothing secret is printed.
     """
     from pathlib import Path
 
@@ -49,7 +51,8 @@ def peer(role: str | None, root: str | None) -> None:
     from ..health import runtime_doc
     from ..wireguard import public_key_from_private
 
-    address = (runtime_doc(paths, role) or {}).get("wg_address")
+    doc = runtime_doc(paths, role) or {}
+    address = doc.get("wg_address")
     if not address:
         raise FlowerCtxError("WireGuard is not configured on this VM (FL_WG_ENABLED=YES, then flower-ctx configure)")
     try:
@@ -62,4 +65,14 @@ def peer(role: str | None, root: str | None) -> None:
             raise FlowerCtxError(f"no WireGuard key at {paths.wg_key} and no live wg0 to ask") from None
         public = live.public_key
     host = address.split("/")[0]
-    click.echo(f"[Peer]\nPublicKey = {public}\nAllowedIPs = {host}/{32 if ':' not in host else 128}")
+    allowed = [f"{host}/{32 if ':' not in host else 128}"]
+    if role == "gateway":
+        from ..gateway.health import zone_network
+
+        zone = zone_network(doc.get("probe_source")) if not paths.staged else None
+        if zone is None:
+            click.echo("# the zone's network is unknown here (no ETH0_IP in CONTEXT, or --root): add the network "
+                       "of this gateway's SuperNodes to AllowedIPs", err=True)
+        else:
+            allowed.append(zone)
+    click.echo(f"[Peer]\nPublicKey = {public}\nAllowedIPs = {', '.join(allowed)}")

@@ -55,6 +55,23 @@ def ruleset(sources: Iterable[IPNetwork], tunnel_only: bool, ports: Ports) -> tu
     return body, hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
+def gateway_ruleset(wg_mtu: int, ifname: str = "wg0") -> tuple[str, str]:
+    """A gateway's table: TCP connections forwarded through the tunnel (either way) get an MSS that fits
+    wg0's MTU, so neither side depends on ICMP "fragmentation needed" reaching it (path MTU discovery
+    through a tunnel fails silently where ICMP is filtered). Only ever lowers an MSS; drops nothing."""
+    rules = []
+    for family, headers in (("ipv4", 40), ("ipv6", 60)):
+        mss = wg_mtu - headers
+        for direction in ("iifname", "oifname"):
+            rules.append(f'meta nfproto {family} {direction} "{ifname}" tcp flags syn / syn,rst '
+                         f"tcp option maxseg size > {mss} tcp option maxseg size set {mss}")
+    lines = ["  chain forward {", "    type filter hook forward priority mangle; policy accept;"]
+    lines += [f"    {r}" for r in rules]
+    lines.append("  }")
+    body = "\n".join(lines)
+    return body, hashlib.sha256(body.encode()).hexdigest()[:16]
+
+
 def table_text(body: str, digest: str) -> str:
     """A whole-table definition, for ``nft -f``."""
     return f'table {TABLE_FAMILY} {TABLE_NAME} {{\n  comment "{COMMENT_PREFIX}{digest}"\n{body}\n}}\n'

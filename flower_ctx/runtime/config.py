@@ -28,6 +28,12 @@ supernode only
   max_retries       int (0 = forever)             FL_MAX_RETRIES
   max_wait_time     int seconds (0 = forever)     FL_MAX_WAIT_TIME
   node_key          path | null                   the SuperNode's identity key (TLS and FL_SUPERNODE_AUTH=YES)
+gateway (no Flower runs: only schema, role, log_level, tls, wg_address and these)
+  tls               {"enabled": bool, "ca_certfile": path|null}  the CA its SuperLink check trusts
+  superlink_address "host:port" | null            what its SuperNodes dial; checked through the gateway
+  routes            ["10.10.9.0/24", ...]         the routes its peers' allowed IPs put on wg0
+  dials             [public key, ...]             peers with an endpoint (the hub it dials)
+  probe_source      "192.168.150.2" | null        its zone address: the SuperLink check starts there
 """
 
 from __future__ import annotations
@@ -69,8 +75,33 @@ def database_path(config: Config, paths: Paths) -> Path:
     return paths.flower_home / config.database
 
 
-def build_runtime_config(config: Config, paths: Paths, *, superlink_address: HostPort | None = None) -> dict:
+def _gateway_config(config: Config, paths: Paths, probe_source: str | None) -> dict[str, Any]:
+    from ..underlay import routed
+
+    wg = config.wg
+    assert wg is not None  # validation: a gateway always has wg0
+    routes = set().union(*(routed(wg.address.network, p.allowed_ips) for p in wg.peers))
+    source = probe_source or next((str(n.ip) for n in sorted(config.nics, key=lambda n: n.index)
+                                   if n.ip is not None), None)
+    has_ca = config.tls_enabled and config.pki.ca_pem is not None
+    return {
+        "schema": SCHEMA,
+        "role": config.role.value,
+        "log_level": config.log_level,
+        "tls": {"enabled": config.tls_enabled, "ca_certfile": str(paths.ca_cert) if has_ca else None},
+        "wg_address": str(wg.address),
+        "superlink_address": str(config.superlink_address) if config.superlink_address is not None else None,
+        "routes": sorted(str(r) for r in routes),
+        "dials": sorted(p.public_key for p in wg.peers if p.endpoint is not None),
+        "probe_source": source,
+    }
+
+
+def build_runtime_config(config: Config, paths: Paths, *, superlink_address: HostPort | None = None,
+                         probe_source: str | None = None) -> dict:
     """The runtime configuration of ``config.role`` (schema in the module docstring)."""
+    if config.role is Role.GATEWAY:
+        return _gateway_config(config, paths, probe_source)
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "role": config.role.value,
@@ -147,6 +178,8 @@ def problems(doc: Any, role: str) -> list[str]:
         return [f"schema must be {SCHEMA} (written by another flower-ctx version?)"]
     if doc.get("role") != role:
         return [f"written for role {show(str(doc.get('role')))}, not {role!r}"]
+    if role == "gateway":
+        return _gateway_problems(doc)
     need("flower_version", isinstance(doc.get("flower_version"), str) and len(doc["flower_version"]) < 40,
          "must be a version string")
     need("log_level", doc.get("log_level") in _LOG_LEVELS, "must be one of " + ", ".join(_LOG_LEVELS))
@@ -187,6 +220,31 @@ def problems(doc: Any, role: str) -> list[str]:
         need("max_wait_time", _int_ok(doc.get("max_wait_time"), 0, 31_536_000), "must be a whole number")
         nk = doc.get("node_key")
         need("node_key", nk is None or _path_ok(nk), "must be null or an absolute path")
+    return out
+
+
+def _gateway_problems(doc: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+
+    def need(key: str, ok: bool, what: str) -> None:
+        if not ok:
+            out.append(f"{key}: {what}")
+
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and len(v) <= 4096 and all(isinstance(x, str) and len(x) < 128 for x in v)
+
+    need("log_level", doc.get("log_level") in _LOG_LEVELS, "must be one of " + ", ".join(_LOG_LEVELS))
+    tls = doc.get("tls")
+    need("tls", isinstance(tls, dict) and isinstance(tls.get("enabled"), bool)
+         and (tls.get("ca_certfile") is None or _path_ok(tls.get("ca_certfile"))), "must hold enabled and ca_certfile")
+    wa = doc.get("wg_address")
+    need("wg_address", isinstance(wa, str) and len(wa) < 64, "must be an address")
+    sa = doc.get("superlink_address")
+    need("superlink_address", sa is None or _address_ok(sa), "must be null or host:port")
+    need("routes", strings(doc.get("routes")), "must be a list of networks")
+    need("dials", strings(doc.get("dials")), "must be a list of public keys")
+    ps = doc.get("probe_source")
+    need("probe_source", ps is None or (isinstance(ps, str) and len(ps) < 64), "must be null or an address")
     return out
 
 
@@ -262,7 +320,13 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False,
           superlink_address: HostPort | None = None) -> StepResult:
     """Write the runtime configuration (and the SuperLink state directory)."""
     result = StepResult("runtime")
-    doc = build_runtime_config(config, paths, superlink_address=superlink_address)
+    probe_source = None
+    if config.role is Role.GATEWAY:
+        from ..gateway.zone import zone_address
+
+        probe_source = zone_address(config, paths)
+        result.facts["zone_address"] = str(probe_source)
+    doc = build_runtime_config(config, paths, superlink_address=superlink_address, probe_source=probe_source)
     try:
         if config.role is Role.SUPERLINK:
             result.changes.append(_planned_dir(paths.state_dir, dry_run, 0o700, FLOWER_USER))
@@ -274,7 +338,8 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False,
     except OSError as exc:
         raise ApplyError(f"runtime config: {exc}") from exc
     result.facts["runtime_config"] = str(paths.runtime_config(config.role.value))
-    result.facts["keepalive"] = f"{config.keepalive_time}s/{config.keepalive_timeout}s"
+    if config.role is not Role.GATEWAY:
+        result.facts["keepalive"] = f"{config.keepalive_time}s/{config.keepalive_timeout}s"
     if config.role is Role.SUPERNODE:
         if doc["superlink_address"] is None:
             result.warnings.append("no SuperLink address yet (OneGate discovery pending): "

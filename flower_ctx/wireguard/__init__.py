@@ -309,8 +309,18 @@ def _write_device(backend: _Backend, desired: DesiredDevice) -> DevicePlan:
             time.sleep(0.1)
 
 
+def tunnel_mtu(wg: WgConfig, desired: DesiredDevice, ipr: Any) -> tuple[int, str]:
+    """FL_WG_MTU, or the MTU derived from the underlay towards the peers' endpoints (mtu.py)."""
+    if wg.mtu is not None:
+        return wg.mtu, "FL_WG_MTU"
+    from .mtu import derive
+
+    return derive(ipr, [p.endpoint[0] for p in desired.peers if p.endpoint is not None])
+
+
 def _apply_live(
-    wg: WgConfig, desired: DesiredDevice, public_key: str, report: _Report, paths: Paths, warnings: list[str]
+    wg: WgConfig, desired: DesiredDevice, public_key: str, report: _Report, paths: Paths, warnings: list[str],
+    facts: dict[str, str] | None = None,
 ) -> str:
     from . import link, uapi
 
@@ -318,6 +328,9 @@ def _apply_live(
     backend: _Backend | None = None
     try:
         _refuse_underlay_routes(wg, desired, ipr, paths)
+        mtu, why = tunnel_mtu(wg, desired, ipr)
+        if facts is not None:
+            facts["wg_mtu"] = f"{mtu} ({why})"
         current_link = link.read_link(ipr, IFNAME)
         alive = (
             current_link is not None and current_link.kind == "tun" and uapi.alive(paths.wg_run_dir / f"{IFNAME}.sock")
@@ -325,9 +338,10 @@ def _apply_live(
         kind = choose_backend(current_link.kind if current_link else None, current_link is not None, alive)
         if kind == "create":
             if report.dry_run:
-                return _dry_run_missing(wg, desired, report, warnings)
+                return _dry_run_missing(wg, desired, report, warnings, mtu)
             kind = _create_interface(ipr, paths, report)
         backend = _Backend(kind, paths)
+        _refuse_learned_endpoints(wg, desired, backend.read())
         if report.dry_run:
             dplan = plan_device(desired, backend.read())
         else:
@@ -339,7 +353,7 @@ def _apply_live(
             raise ApplyError(f"{IFNAME} disappeared while being configured")
         routes, route_warnings = desired_routes(wg.address, desired.peers)
         warnings.extend(route_warnings)
-        lplan = plan_link(wg.address, wg.mtu, routes, current_link)
+        lplan = plan_link(wg.address, mtu, routes, current_link)
         if not report.dry_run:
             link.apply_link_plan(ipr, current_link.ifindex, lplan)
         _report_link(lplan, report)
@@ -371,12 +385,32 @@ def _refuse_underlay_routes(wg: WgConfig, desired: DesiredDevice, ipr: Any, path
         raise ApplyError(f"{IFNAME}: nothing changed: " + "; ".join(found))
 
 
-def _dry_run_missing(wg: WgConfig, desired: DesiredDevice, report: _Report, warnings: list[str]) -> str:
+def _refuse_learned_endpoints(wg: WgConfig, desired: DesiredDevice, current: DeviceState) -> None:
+    """A hub learns its spokes' endpoints from their handshakes. An AllowedIP that contains one (a
+    zone's network that holds its gateway's own underlay address) routes the tunnel's packets to that
+    peer into the tunnel itself: refused before anything changes, naming the peer."""
+    import ipaddress
+
+    from .. import underlay
+
+    routes, _ = desired_routes(wg.address, desired.peers)
+    keep = []
+    for p in desired.peers:
+        have = current.peers.get(p.public_key)
+        if p.endpoint is None and have is not None and have.endpoint is not None:
+            keep.append((f"the address peer {short(p.public_key)} sends its tunnel from (learned endpoint)",
+                         ipaddress.ip_address(have.endpoint[0])))
+    found = underlay.problems(routes, keep)
+    if found:
+        raise ApplyError(f"{IFNAME}: nothing changed: " + "; ".join(found))
+
+
+def _dry_run_missing(wg: WgConfig, desired: DesiredDevice, report: _Report, warnings: list[str], mtu: int) -> str:
     report.add(f"{IFNAME} interface", "created", "kernel WireGuard or wireguard-go")
     _report_device(plan_device(desired, DeviceState()), "", report)
     routes, route_warnings = desired_routes(wg.address, desired.peers)
     warnings.extend(route_warnings)
-    _report_link(plan_link(wg.address, wg.mtu, routes, LinkState(None, 0, 0, False)), report)
+    _report_link(plan_link(wg.address, mtu, routes, LinkState(None, 0, 0, False)), report)
     if wg.forward:
         report.add("ipv4 forwarding", "updated", "on (FL_WG_FORWARD=YES)")
     return "none yet"
@@ -385,7 +419,7 @@ def _dry_run_missing(wg: WgConfig, desired: DesiredDevice, report: _Report, warn
 SKIPPED = [
     "wg0: create the interface (kernel WireGuard, else start wireguard-go)",
     "wg0: set private key, listen port and peers",
-    "wg0: MTU, address, link up, routes for the peers' allowed IPs",
+    "wg0: MTU (FL_WG_MTU, or derived from the underlay), address, link up, routes for the peers' allowed IPs",
 ]
 
 
@@ -416,7 +450,8 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False) -> StepResult:
         key = generate_private_key()
     desired = desired_device(wg, key, result.warnings)
     with _lock(paths) if not dry_run else _nolock():
-        result.facts["wg_backend"] = _apply_live(wg, desired, public_key, report, paths, result.warnings)
+        result.facts["wg_backend"] = _apply_live(wg, desired, public_key, report, paths, result.warnings,
+                                                 result.facts)
     if not any(c.pending for c in result.changes if c.what.startswith(IFNAME) or c.what.startswith("ipv4")):
         report.add(IFNAME, "unchanged", f"{len(wg.peers)} peer(s), nothing to change")
     return result

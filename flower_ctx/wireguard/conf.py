@@ -32,7 +32,9 @@ def render(wg: WgConfig, key_path: PurePosixPath, wg_dir: PurePosixPath) -> str:
         "[Interface]",
         f"Address = {wg.address}",
         f"ListenPort = {wg.listen_port}",
-        f"MTU = {wg.mtu}",
+        f"MTU = {wg.mtu}" if wg.mtu is not None else
+        "# No MTU line: FL_WG_MTU is 0, so the MTU is derived from the underlay (the route to the peers'\n"
+        "# endpoints, else the default route, minus 80), as wg-quick derives it too.",
         f"PostUp = wg set %i private-key {key_path}",
     ]
     for peer in wg.peers:

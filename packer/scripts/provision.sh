@@ -191,6 +191,10 @@ install_hook() {
     install -d -m u=rwx,g=rx,o= "${dir}" "${dir}/service.d" "${dir}/flower"
     install -m 0644 "${SRC}/one-apps-hooks/appliance.sh" "${dir}/service.d/appliance.sh"
     install -m 0644 "${SRC}/one-apps-hooks/params-${ROLE}.sh" "${dir}/flower/params-${ROLE}.sh"
+    if [ "${ROLE}" = supernode ]; then
+        # The SuperNode image is also the site gateway (CONTEXT FL_APPLIANCE_ROLE=gateway).
+        install -m 0644 "${SRC}/one-apps-hooks/params-gateway.sh" "${dir}/flower/params-gateway.sh"
+    fi
     local tmp
     tmp=$(mktemp "${dir}/flower/role.XXXXXX")
     echo "${ROLE}" >"${tmp}"

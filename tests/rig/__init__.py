@@ -277,6 +277,48 @@ class Rig:
             raise
         return vm
 
+    # -- private segments (a zone's VM network behind its site gateway) -------------------------
+
+    def add_lan(self, name: str, cidr: str, *, router_host: int | None = None, mtu: int = 1500) -> str:
+        """An L2 segment of its own (bridge ``bl<name>`` in the router namespace) for ``cidr``, e.g. a
+        zone's private VM network. The router has no address on it unless ``router_host`` is given
+        (then host N of ``cidr``, where in-process doubles such as OneGate can listen); it routes
+        nothing for it either way: the VMs on it reach other zones only through a gateway VM."""
+        br = f"bl{name}"
+        assert len(br) <= 15
+        _ip("-n", self.router, "link", "add", br, "mtu", str(mtu), "type", "bridge")
+        if router_host is not None:
+            net = ipaddress.ip_network(cidr)
+            _ip("-n", self.router, "addr", "add", f"{net.network_address + router_host}/{net.prefixlen}", "dev", br)
+        _ip("-n", self.router, "link", "set", br, "up")
+        return br
+
+    def add_nic(self, vm: SimVM, lan: str, ifname: str, address: str, *, mtu: int = 1500) -> None:
+        """Another NIC of ``vm``, on segment ``lan`` (from :meth:`add_lan`), with ``address`` (CIDR)."""
+        rside = f"r{vm.name}{ifname[-1]}"
+        assert len(rside) <= 15
+        _ip("-n", self.router, "link", "add", rside, "mtu", str(mtu), "type", "veth", "peer", "name", ifname,
+            "mtu", str(mtu), "netns", vm.netns)
+        _ip("-n", self.router, "link", "set", rside, "master", lan)
+        _ip("-n", self.router, "link", "set", rside, "up")
+        _ip("-n", vm.netns, "addr", "add", address, "dev", ifname)
+        _ip("-n", vm.netns, "link", "set", ifname, "up")
+
+    def add_lan_vm(self, name: str, lan: str, address: str, *, zone: int, mtu: int = 1500) -> SimVM:
+        """A VM whose only NIC (eth0, ``address`` in CIDR form) is on segment ``lan``: no default route,
+        so it reaches other zones only through the routes it is given (its zone's site gateway)."""
+        assert name not in self.vms and len(name) <= 12
+        vm = SimVM(f"{self.tag}-{name}", name, zone, 250)
+        vm.eth0_ip = ipaddress.ip_interface(address).ip
+        vm.gateway = None  # type: ignore[assignment]
+        self.vms[name] = vm
+        try:
+            self.add_nic(vm, lan, "eth0", address, mtu=mtu)
+        except BaseException:
+            self.close()
+            raise
+        return vm
+
     def close(self) -> None:
         for vm in list(self.vms.values()):
             vm.destroy()
