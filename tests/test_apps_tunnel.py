@@ -12,16 +12,16 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, requires_flower, requires_netns
+from tests.conftest import REPO, requires_netns
+from tests.flower_envs import bin_dir, flower_python
 from tests.rig import Rig, SimVM, write_context
 
-pytestmark = [requires_netns, requires_flower, pytest.mark.root, pytest.mark.netns, pytest.mark.flower,
+pytestmark = [requires_netns, pytest.mark.root, pytest.mark.netns, pytest.mark.flower,
               pytest.mark.slow,
               pytest.mark.skipif(not (shutil.which("sshd") or Path("/usr/sbin/sshd").exists())
                                  or not shutil.which("ssh"), reason="needs OpenSSH (openssh-server, openssh-client)")]
@@ -32,8 +32,8 @@ LOCAL_END = 18000
 APP = REPO / "tests" / "lab" / "app"
 
 
-def fctx(vm: SimVM, *args: str, timeout: float = 180) -> str:
-    out = vm.run([sys.executable, "-m", "flower_ctx", *args], timeout=timeout, env=ENV)
+def fctx(vm: SimVM, py: str, *args: str, timeout: float = 180) -> str:
+    out = vm.run([py, "-m", "flower_ctx", *args], timeout=timeout, env=ENV)
     return out.stdout + out.stderr
 
 
@@ -42,19 +42,28 @@ def boot(vm: SimVM, values: dict[str, str]) -> None:
     write_context(vm.path("/run/one-context/context.sh.network"), {**base, **values})
 
 
+@pytest.fixture(params=["1.39", "1.42"])
+def py(request: pytest.FixtureRequest) -> str:
+    """The Python (and so the Flower release) every VM of the site runs."""
+    found = flower_python(request.param)
+    if found is None:
+        pytest.skip(f"needs a Python with flwr {request.param} (test.sh makes it)")
+    return found
+
+
 @pytest.fixture
-def site(tmp_path: Path) -> Iterator[tuple[SimVM, SimVM, SimVM]]:
+def site(tmp_path: Path, py: str) -> Iterator[tuple[SimVM, SimVM, SimVM]]:
     with Rig("fcssh") as rig:
         link, node, operator = rig.add_vm("link", 1), rig.add_vm("node", 2), rig.add_vm("op", 3)
         boot(link, {"FL_TLS_ENABLED": "YES", "FL_SUPERNODE_AUTH": "NO"})
-        fctx(link, "configure", "--role", "superlink")
-        assert "ready: Fleet API" in fctx(link, "bootstrap", "--role", "superlink", "--wait", "90")
-        ca_line = link.run([sys.executable, "-m", "flower_ctx", "ca", "export"], env=ENV).stdout.strip()
+        fctx(link, py, "configure", "--role", "superlink")
+        assert "ready: Fleet API" in fctx(link, py, "bootstrap", "--role", "superlink", "--wait", "90")
+        ca_line = link.run([py, "-m", "flower_ctx", "ca", "export"], env=ENV).stdout.strip()
         # Authentication off on both ends: this test is about submitting runs, not admission.
         boot(node, {"FL_SUPERLINK_ADDRESS": f"{link.eth0_ip}:9092", "FL_SSL_CA_CERTFILE": ca_line,
                     "FL_SUPERNODE_AUTH": "NO"})
-        fctx(node, "configure", "--role", "supernode")
-        out = fctx(node, "bootstrap", "--role", "supernode", "--wait", "90")
+        fctx(node, py, "configure", "--role", "supernode")
+        out = fctx(node, py, "bootstrap", "--role", "supernode", "--wait", "90")
         assert "ready" in out, out
         yield link, node, operator
 
@@ -86,16 +95,17 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def test_a_run_submitted_through_an_ssh_tunnel_completes(site: tuple[SimVM, SimVM, SimVM], tmp_path: Path) -> None:
+def test_a_run_submitted_through_an_ssh_tunnel_completes(site: tuple[SimVM, SimVM, SimVM], tmp_path: Path,
+                                                         py: str) -> None:
     link, _node, operator = site
     keys = tmp_path / "ssh"
     keys.mkdir(mode=0o700)
     # What the operator has on their machine: the CA as `flower-ctx ca export --format pem` prints it.
     ca = tmp_path / "superlink-ca.pem"
-    ca.write_text(link.run([sys.executable, "-m", "flower_ctx", "ca", "export", "--format", "pem"], env=ENV).stdout)
+    ca.write_text(link.run([py, "-m", "flower_ctx", "ca", "export", "--format", "pem"], env=ENV).stdout)
     app = tmp_path / "app"
     shutil.copytree(APP, app, ignore=shutil.ignore_patterns("__pycache__", "*.fab"))
-    flwr = str(Path(sys.executable).parent / "flwr")
+    flwr = str(bin_dir(py) / "flwr")
 
     def submit(address: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         home = tmp_path / f"flwr-{address.replace(':', '_')}"
@@ -103,7 +113,7 @@ def test_a_run_submitted_through_an_ssh_tunnel_completes(site: tuple[SimVM, SimV
         (home / "config.toml").write_text(f'[superlink]\ndefault = "vm"\n\n[superlink.vm]\naddress = "{address}"\n'
                                           f'root-certificates = "{ca}"\n')
         env = {**ENV, "HOME": str(tmp_path), "FLWR_HOME": str(home), "FLWR_TELEMETRY_ENABLED": "0",
-               "PATH": f"{Path(sys.executable).parent}:{ENV['PATH']}"}
+               "PATH": f"{bin_dir(py)}:{ENV['PATH']}"}
         return operator.run(["sh", "-c", f"cd {app} && exec {flwr} run . vm --stream --run-config "
                              "'num-server-rounds=2 min-nodes=1'"], env=env, check=False, timeout=timeout)
 
@@ -136,5 +146,5 @@ def test_a_run_submitted_through_an_ssh_tunnel_completes(site: tuple[SimVM, SimV
     found = re.search(r"FCLAB-RESULT rounds=(\d+) nodes=(\d+)", done.stdout)
     assert done.returncode == 0 and found and found.group(1) == "2", done.stdout[-3000:] + done.stderr[-2000:]
     # And the run is on the SuperLink, as `flower-ctx status` there shows it.
-    status = fctx(link, "status", "--role", "superlink")
+    status = fctx(link, py, "status", "--role", "superlink")
     assert re.search(r"run\b.*(finished|completed)", status, re.I), status
