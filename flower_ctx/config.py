@@ -109,7 +109,10 @@ def resolve(
         if raw is not None:
             explicit.add(var.name)
         if raw is not None and not var.applies_to(role):
-            c.warnings.append(f"{used}: ignored, it applies to the {_role_names(var)} only")
+            # A OneFlow template shared by roles (and the CLI filling inputs with their defaults) gives
+            # other roles' variables their default values: nothing the operator meant, nothing to say.
+            if raw.strip() != (var.default or ""):
+                c.warnings.append(f"{used}: ignored, it applies to the {_role_names(var)} only")
             table.append(Effective(var.name, _mask(var, raw), f"ignored (not for {role.value})"))
             raw = None
             typed[var.name] = _parse_default(var)

@@ -203,6 +203,14 @@ def test_role_specific_variables_are_ignored_with_a_warning() -> None:
     cfg = load_config("superlink", {"FL_SUPERLINK_ADDRESS": "not even valid", "FL_MAX_RETRIES": "x"})
     assert cfg.superlink_address is None
     assert any("FL_SUPERLINK_ADDRESS: ignored, it applies to the SuperNode and gateway only" in w for w in cfg.warnings)
+    assert any(w.startswith("FL_MAX_RETRIES: ignored") for w in cfg.warnings)
+
+
+def test_another_roles_variable_at_its_default_is_ignored_quietly() -> None:
+    """What OneFlow's CLI sends for a shared template's unanswered inputs: the defaults. Not a mistake."""
+    cfg = load_config("superlink", {"FL_MAX_RETRIES": "0", "FL_NODE_CONFIG": "", "FL_MAX_WAIT_TIME": "7"})
+    assert not any(w.startswith("FL_MAX_RETRIES") for w in cfg.warnings), cfg.warnings
+    assert any(w.startswith("FL_MAX_WAIT_TIME: ignored") for w in cfg.warnings), cfg.warnings
 
 
 def test_nic_addresses_collected_in_natural_order() -> None:
