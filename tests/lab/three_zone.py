@@ -57,14 +57,19 @@ WG_POOL = "10.10.9.64/27"  # zone B's SuperNodes: host 2 + the VM's number in it
 VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAT_TIMEOUT_S = 12  # the aggressive NAT's established-timeout (drill "nat"): above keepalive 10 s, below heartbeat gaps
 
+# The lab's images carry Flower 1.39 (the test virtualenv: the gRPC Fleet API, the era the drills
+# measure); the templates offer the appliance image's own release (1.42) by default, which flower-ctx
+# would try to install at every configure (no network here: ~40 s, then it keeps 1.39).
+FLOWER = "1.39.0"
 ANSWERS = {  # what the operator types (zones A, B) or fills in (zone C); "" everywhere else
-    "A": {"FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
-    "B": {"FL_SSL_CA_CERTFILE": "<flower-ctx ca export>", "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092",
-          "FL_NODE_CONFIG": "site=2", "FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": WG_POOL,
+    "A": {"FLOWER_VERSION": FLOWER, "FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
+    "B": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
+          "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092", "FL_NODE_CONFIG": "site=2", "FL_WG_ENABLED": "YES",
+          "FL_WG_ADDRESS": WG_POOL,
           "FL_WG_PEER_PUBLIC_KEY": "<hub public key>", "FL_WG_PEER_ENDPOINT": f"{PUBLIC_IP}:51820",
           "FL_WG_PEER_ALLOWED_IPS": f"{HUB_WG}/32"},
-    "C": {"FL_SSL_CA_CERTFILE": "<flower-ctx ca export>", "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092",
-          "FL_NODE_CONFIG": "site=3"},
+    "C": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
+          "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092", "FL_NODE_CONFIG": "site=3"},
 }
 
 # The walkthrough of docs/multi-site-federation.md, command for command (tests/test_lab.py checks
