@@ -265,6 +265,8 @@ def network_list(value: str) -> tuple[IPNetwork, ...]:
     """Networks separated by commas (AllowedIPs), at most MAX_LIST."""
     if value.count(",") >= MAX_LIST:
         raise Invalid(f"has more than {MAX_LIST} entries")
+    if any(len(x.split()) > 1 for x in value.split(",")):
+        raise Invalid("separate the networks with commas, not spaces (e.g. 10.10.9.0/24,198.18.3.0/24)")
     return tuple(network_cidr(x) for x in value.split(","))
 
 

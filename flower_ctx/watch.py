@@ -35,7 +35,7 @@ from .boot import (
 )
 from .errors import ContextError, FlowerCtxError, ValidationError
 from .health import Health, check, runtime_doc
-from .lock import machine_lock
+from .lock import MachineBusy, machine_lock
 from .model import Config, OneGateAccess, Role
 from .paths import Paths
 
@@ -118,7 +118,13 @@ class Watch:
             with machine_lock(self.paths, wait=False):
                 self.say(f"flower-{self.role} {sup.ensure_running(self.role)} ({sup.manager})")
         elif time.monotonic() - self._restarted >= RESTART_S:
-            done = sup.keep_running(self.role)
+            # Under the machine lock: bootstrap (re)starting Flower at the same moment would otherwise
+            # start a second copy that loses the port while the pid file names it. Busy: next check.
+            try:
+                with machine_lock(self.paths, wait=False):
+                    done = sup.keep_running(self.role)
+            except MachineBusy:
+                done = None  # configure or bootstrap is on it
             if done:
                 self._restarted = time.monotonic()
                 self.say(f"flower-{self.role} {done} ({sup.manager}: it had ended)")

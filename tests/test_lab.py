@@ -99,6 +99,26 @@ def test_up_and_train_across_three_zones(lab: Lab) -> None:
     result = lab.train(rounds=3)
     assert result["rounds"] == 3 and result["nodes"] == len(nodes) and result["failures"] == 0
     assert result["error"] < 0.05  # FedAvg over four partitions converged toward the true model
+    # What the operator sees on the SuperLink: the four SuperNodes, in status and in the metrics.
+    from tests.lab.drills_trust import federation
+    from tests.lab.three_zone import wait_for
+
+    fed = federation(lab)
+    online = [n for n in fed["supernodes"] if n["status"] == "online"]
+    assert fed["connected"] == 4 and len(online) == 4 and all(n["admitted"] for n in online), fed
+    _, text = lab.on_vm("link", "flower-ctx status", record=False, stdout_only=True)
+    assert "4 connected of 4 registered" in text and text.count("online, heartbeat") == 4, text
+    prom = lab.link.path("/var/lib/prometheus/node-exporter/flower_ctx.prom")
+
+    def scraped() -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = prom.read_text() if prom.exists() else ""
+        return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    wait_for(lambda: scraped().get("flower_supernodes_connected") == 4, 40, "the metrics to count 4 SuperNodes")
+    samples = scraped()
+    assert samples["flower_up"] == 1 and samples["flower_ready"] == 1 and samples["flower_supernodes_registered"] == 4
 
 
 @lab_test
@@ -127,6 +147,7 @@ def test_walkthrough_commands_ran_readiness_never_lied_and_down_leaves_nothing(l
     assert audit["updates"] > 50 and audit["violations"] == 0, audit
     scan = lab.request("scan", texts=lab.outputs)
     assert scan["secrets"] > 20 and not scan["found_in"], scan
+    assert scan["extended"] >= 3, scan  # every service's GET /service?extended=true, with the VMs' CONTEXT
     vms = [lab.vm(n) for n in lab.info["slots"]]
     holders = [vm.pid for vm in vms]
     flower = [p for vm in vms for p in vm.pids()]

@@ -106,6 +106,8 @@ BAD = [
     ("FL_WG_PEER_ENDPOINT", "hub:0", "port must be from 1 to 65535"),
     ("FL_WG_PEER_ENDPOINT", "2001:db8::1:51820", "brackets"),
     ("FL_WG_PEER_ALLOWED_IPS", "10.10.9.1/24", "host bits set; did you mean 10.10.9.0/24"),
+    ("FL_WG_PEER_ALLOWED_IPS", "10.10.9.1/32 10.10.9.2/32", "with commas, not spaces"),
+    ("FL_FLEET_ALLOWED_SOURCES", "10.10.9.0/24 198.18.3.0/24", "with commas, not spaces"),
     ("FL_WG_PEERS", "%%%", "not valid base64"),
     ("FL_WG_PEERS", b64(b"\xff\xfe"), "not to [Peer] sections"),
     ("FL_WG_PEERS", b64(b"[Peer]\n\xff\xfe"), "not UTF-8"),
@@ -123,7 +125,7 @@ BAD = [
         "section 2: PublicKey",
     ),
 ]
-LINK_ONLY = {"FL_CERT_EXTRA_SAN", "FL_DATABASE"}
+LINK_ONLY = {"FL_CERT_EXTRA_SAN", "FL_DATABASE", "FL_FLEET_ALLOWED_SOURCES"}
 WG_BASE = {
     "FL_WG_ENABLED": "YES",
     "FL_WG_ADDRESS": "10.10.9.1/24",

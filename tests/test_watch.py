@@ -5,8 +5,10 @@ check standing in for Flower (the lab proves the same on real Flower and a real 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from flower_ctx.onegate import OneGateClient
 from flower_ctx.paths import Paths
 from flower_ctx.watch import Watch
 from tests.conftest import REPO
-from tests.onegate_server import OneGateServer
+from tests.onegate_server import OneGateServer, access_for
 
 pytestmark = pytest.mark.usefixtures("no_token_in_output")
 
@@ -125,3 +127,95 @@ def test_configure_failure_publishes_not_ready_and_withdraws_ready(gate: OneGate
     # Only readiness is touched: discovery attributes and OneFlow's copies of inputs stay.
     assert ut["FL_ENDPOINT"] == "x:1" and ut["FL_GRPC_KEEPALIVE_TIME"] == "60"
     assert "FL_READY=NO published" in out.stderr
+
+
+class _LockProbe:
+    """A supervisor whose Flower has ended: records, at each keep_running, whether the machine lock
+    was held (another open of the lock file cannot take it)."""
+
+    manager = "builtin"
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.held: list[bool] = []
+
+    def state(self, role: str):  # noqa: ANN201 - the supervisor's ServiceState shape
+        from flower_ctx.supervisor import ServiceState
+
+        return ServiceState(False, None, "not running", self.manager)
+
+    def keep_running(self, role: str) -> str | None:
+        import fcntl
+
+        from flower_ctx.files import open_lock
+
+        fd = open_lock(self.paths.agent_dir / "configure.lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.held.append(False)
+        except BlockingIOError:
+            self.held.append(True)
+        finally:
+            os.close(fd)
+        return "started"
+
+
+def test_watch_restarts_an_ended_flower_only_under_the_machine_lock(
+        gate: OneGateServer, tmp_path: Path, stage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The built-in supervisor's double start (found by the lab): bootstrap starting Flower while the
+    watch restarted an ended one gave two copies, the pid file naming the one that lost the port.
+    The watch's restart now takes the machine lock; while bootstrap or configure holds it, the watch
+    leaves Flower alone and says nothing false to OneGate."""
+    import flower_ctx.supervisor as supervisor_mod
+    from flower_ctx.lock import machine_lock
+
+    vm = gate.add_vm("superlink_0")
+    ctx = _context(tmp_path, gate, vm)
+    _configure(ctx, stage)
+    probe = _LockProbe(Paths(stage))
+    monkeypatch.setattr(supervisor_mod, "for_machine", lambda paths: probe)
+    health, said = Scripted(), []
+    w = _watch(ctx, stage, health, said)
+    w.tick()
+    assert probe.held == [True] and any("it had ended" in s for s in said)
+    assert gate.user_template(vm)["FL_READY"] == "YES"
+
+    w._restarted = float("-inf")  # as if RESTART_S had passed
+    with machine_lock(Paths(stage)):  # bootstrap is (re)starting Flower right now
+        w.tick()
+    assert probe.held == [True], "the watch restarted Flower while bootstrap held the lock"
+    assert gate.user_template(vm)["FL_READY"] == "YES"  # a busy lock is not an outage
+
+
+def test_bootstrap_says_not_ready_early_instead_of_leaving_the_last_boots_ready(
+        gate: OneGateServer, tmp_path: Path, stage: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebooted VM whose SuperLink is down: bootstrap waits up to 90 s for it, and the READY=YES of
+    the previous boot must not stand all that time. Still not ready INTERIM_S into the wait, the
+    wait's health is published at once (READY withdrawn), once; the wait goes on."""
+    from flower_ctx.boot import publish
+    from flower_ctx.commands import bootstrap as bs
+    from flower_ctx.config import load_config
+
+    vm = gate.add_vm("superlink_0", user_template={"READY": "YES", "FL_READY": "YES"})
+    ctx = _context(tmp_path, gate, vm)
+    _configure(ctx, stage)
+    down = Health(False, "Fleet API 192.0.2.10:9092 unreachable: Connection refused")
+    checks: list[float] = []
+    monkeypatch.setattr(bs, "check", lambda *a, **k: checks.append(time.monotonic()) or down)
+    monkeypatch.setattr(bs, "INTERIM_S", 0.3)
+    config = load_config("superlink", {"ETH0_IP": "192.0.2.10"})
+    paths = Paths(stage)
+    client = OneGateClient(access_for(gate, vm), timeout=2, retries=0)
+    seen: list[tuple[float, dict[str, str]]] = []
+
+    def interim(h: Health) -> None:
+        publish(config, paths, client, h)
+        seen.append((time.monotonic(), dict(gate.user_template(vm))))
+
+    t0 = time.monotonic()
+    health = bs._wait_health(config, paths, None, 1.5, interim=interim)
+    assert not health.ok and time.monotonic() - t0 >= 1.5  # the wait went on after the interim report
+    assert len(seen) == 1 and 0.3 <= seen[0][0] - t0 < 1.0, seen
+    ut = seen[0][1]
+    assert "READY" not in ut and ut["FL_READY"] == "NO" and "unreachable" in ut["FL_ERROR"]
+    assert checks[-1] - seen[0][0] > 0.2  # still checking after it

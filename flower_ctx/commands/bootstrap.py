@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,33 @@ def say(msg: str) -> None:
     click.echo(f"bootstrap: {msg}")
 
 
-def _wait_health(config: Config, paths: Paths, sup: Any, wait: float) -> Health:
+INTERIM_S = 5.0  # still not ready this long into the wait: say so in OneGate now, not when the wait ends
+
+
+def _wait_health(config: Config, paths: Paths, sup: Any, wait: float,
+                 interim: Callable[[Health], None] | None = None) -> Health:
+    """Check until ready or ``wait`` seconds. ``interim`` is called once with the health when it is
+    still not ready INTERIM_S seconds in: a READY left by the previous boot must not stand for the
+    whole wait (a rebooted SuperNode whose SuperLink is down would show READY=YES for 90 s)."""
     from ..watch import RESTART_S
 
-    deadline = time.monotonic() + wait
+    start = time.monotonic()
+    deadline = start + wait
     delay = 0.25
     restarted = time.monotonic()
     while True:
         health = check(config, paths, sup)
         if health.ok or time.monotonic() >= deadline:
             return health
+        if interim is not None and time.monotonic() - start >= INTERIM_S:
+            interim(health)
+            interim = None
         if health.kind == "not_admitted" and time.monotonic() - restarted >= RESTART_S:
             # Not admitted (yet): the SuperLink admits this key from OneGate or its list within
-            # seconds; Flower's SuperNode does not retry by itself, so start it again.
-            done = sup.keep_running(config.role.value)
+            # seconds; Flower's SuperNode does not retry by itself, so start it again. Under the
+            # machine lock: the readiness watch may be restarting it at the same moment.
+            with machine_lock(paths):
+                done = sup.keep_running(config.role.value)
             restarted = time.monotonic()
             if done:
                 say(f"flower-{config.role.value} {done} ({sup.manager}): not admitted yet, trying again")
@@ -119,9 +133,10 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
     if config.role is Role.SUPERNODE:
         publish_attributes(config, paths, client)  # its key first: the SuperLink admits it from OneGate
     if config.role is not Role.GATEWAY:  # a gateway runs no Flower: its service is forwarding
-        action = sup.ensure_running(role)
+        with machine_lock(paths):  # not while the watch restarts an ended Flower (one copy only)
+            action = sup.ensure_running(role)
         say(f"flower-{role} {action} ({sup.manager})")
-    health = _wait_health(config, paths, sup, wait)
+    health = _wait_health(config, paths, sup, wait, interim=lambda h: say(publish(config, paths, client, h)))
     say(("ready: " if health.ok else "not ready: ") + health.detail)
     if health.ok and config.role is Role.SUPERLINK:
         from ..admission import reconcile

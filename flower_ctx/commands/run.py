@@ -223,6 +223,10 @@ def run_role(role: str, paths: Paths) -> Any:
         from .. import certreload
 
         certreload.install(tls["certfile"], tls["keyfile"])  # a renewed certificate without a restart
+    if doc["role"] == "supernode" and tls.get("enabled"):
+        from ..runtime import giveup
+
+        giveup.install()  # Flower stops retrying after a TLS failure: exit, the supervisor restarts it
     entry = load_entry_point(argv[0])
     log.info("starting %s", " ".join(argv))  # paths only: no secret is ever on this command line
     sys.argv = argv

@@ -16,13 +16,51 @@ def keygen() -> None:
 
     The private key goes to standard output only because you asked for it: paste it into
     FL_WG_PRIVATE_KEY of the VM that will own it, and the public key into its peers' CONTEXT.
-    Leaving FL_WG_PRIVATE_KEY empty is safer: the VM then generates its key and never shows it.
+    Leaving FL_WG_PRIVATE_KEY empty is safer: the VM then generates its key and never shows it
+    (`flower-ctx wg key` on it prints only the public key).
     """
     from ..wireguard import generate_private_key, public_key_from_private
 
     private = generate_private_key()
     click.echo(f"private key  {private}  (secret: FL_WG_PRIVATE_KEY of the VM that owns it)")
     click.echo(f"public key   {public_key_from_private(private)}  (for its peers: FL_WG_PEER_PUBLIC_KEY)")
+
+
+@command.command()
+@click.option("--root", "root", type=click.Path(file_okay=False), default=None,
+              help="Use the machine's files under DIR (a tree made by `configure --root DIR`).")
+def key(root: str | None) -> None:
+    """Print this VM's WireGuard public key on one line (for its peers: FL_WG_PEER_PUBLIC_KEY).
+
+    The private key is made on the VM at the first call (or by configure with FL_WG_ENABLED=YES
+    and FL_WG_PRIVATE_KEY empty), kept in /etc/wireguard/wg0.key (0600 root) across reboots and
+    used by wg0 from then on; it is never printed and never leaves the VM. Run it on the hub before
+    the training sites are instantiated, then enable the tunnel without FL_WG_PRIVATE_KEY.
+    """
+    from pathlib import Path
+
+    from ..errors import FlowerCtxError
+    from ..files import ensure_dir, exists, read_file, write_file
+    from ..wireguard import generate_private_key, public_key_from_private
+    from ._common import machine_lock, paths_for
+
+    paths = paths_for(Path(root) if root else None)
+    with machine_lock(paths):
+        if exists(paths.wg_key):
+            try:
+                private = read_file(paths.wg_key).decode("ascii").strip()
+                public = public_key_from_private(private)
+            except (OSError, ValueError, UnicodeDecodeError, FlowerCtxError):
+                # Never replace an identity the peers may already have: the operator decides.
+                raise FlowerCtxError(f"{paths.wg_key} is not a usable WireGuard key; fix or delete it (every peer "
+                                     "then needs the new public key)") from None
+        else:
+            private = generate_private_key()
+            ensure_dir(paths.wg_key.parent, 0o700, owner="root", group="root")
+            write_file(paths.wg_key, (private + "\n").encode(), 0o600, owner="root", group="root")
+            public = public_key_from_private(private)
+            click.echo(f"new WireGuard key kept in {paths.wg_key} (never printed)", err=True)
+    click.echo(public)
 
 
 @command.command()

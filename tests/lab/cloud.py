@@ -436,7 +436,9 @@ class Cloud:
         on the VMs (WireGuard, TLS, the SuperNodes' node keys: each line of their PEM bodies) and
         ``extra`` (e.g. a key the operator made), in ``texts`` (what the operator's commands printed),
         in every VM's logs (Flower's and flower-ctx's, the one-apps step logs, status and report,
-        one-contextd's journal) and in every OneGate USER_TEMPLATE. Says where, never what."""
+        one-contextd's journal) and in every document each zone's OneGate serves: every USER_TEMPLATE, every
+VM's ``GET /vm`` and every service's ``GET /service?extended=true`` (the full CONTEXT of each VM of
+the service, readable by all of them). Says where, never what."""
         from tests.onegate_server import ISSUED_TOKENS
 
         needles = {t: "token" for t in ISSUED_TOKENS} | {e: "key" for e in extra if e}
@@ -463,9 +465,19 @@ class Cloud:
             with og.lock:
                 for vmid, fake in og.vms.items():
                     sources[f"OneGate {zone} VM {vmid}"] = json.dumps(fake.user_template)
+                    # GET /vm as the VM itself reads it (the whole VM: CONTEXT included).
+                    sources[f"OneGate {zone} GET /vm of VM {vmid}"] = json.dumps(og._full_hash(fake))
+                # GET /service?extended=true: every VM of a service reads the full CONTEXT of every other.
+                for sid, svc in og.services.items():
+                    try:
+                        doc = og._service_hash(svc, True)
+                    except Exception as exc:  # upstream's 404 for a VM gone mid-listing: nothing served
+                        doc = {"error": str(exc)}
+                    sources[f"OneGate {zone} GET /service/{sid}?extended=true"] = json.dumps(doc)
         found = sorted({f"{kind} in {where}" for where, text in sources.items()
                         for needle, kind in needles.items() if needle in text})
-        return {"scanned": len(sources), "secrets": len(needles), "found_in": found}
+        extended = [w for w, text in sources.items() if w.endswith("?extended=true") and '"CONTEXT"' in text]
+        return {"scanned": len(sources), "secrets": len(needles), "found_in": found, "extended": len(extended)}
 
     def _wait(self, zone: str | None, vmids: list[int] | None, timeout: float) -> list[dict[str, Any]]:
         """Until OneFlow has nothing pending and the VMs' boots and reconfigures have ended."""
