@@ -181,6 +181,7 @@ def resolve(
         warnings=tuple(c.warnings),
         ignored=ignored,
         inline_secrets=tuple(inline_secrets),
+        bootstrap_wait=typed["FL_BOOTSTRAP_WAIT"],
     )
     return config, table
 

@@ -171,6 +171,7 @@ class Config:
     warnings: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()  # CONTEXT names that are not flower-ctx's (other software's)
     inline_secrets: tuple[str, ...] = ()  # secrets given in CONTEXT itself, not as file: (readable via OneGate)
+    bootstrap_wait: int = 90  # FL_BOOTSTRAP_WAIT: seconds bootstrap waits for readiness
 
     @property
     def operator_pki(self) -> bool:

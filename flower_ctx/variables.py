@@ -176,6 +176,13 @@ REGISTRY: tuple[Variable, ...] = (
         _choice(LOG_LEVELS), default="INFO", choices=LOG_LEVELS,
     ),
     Variable(
+        "FL_BOOTSTRAP_WAIT", LNG, "number",
+        "Seconds the boot (one-apps' bootstrap step) waits for this VM to be ready before it records "
+        "bootstrap_failure; not ready 5 s in, FL_READY=NO is published at once. The readiness watch keeps "
+        "checking either way and publishes READY=YES when the VM is ready.",
+        _num(5, 3600), default="90", bounds=(5, 3600),
+    ),
+    Variable(
         "FL_ISOLATION", LN, "list", "How Flower runs ServerApps/ClientApps (Flower's --isolation).",
         _choice(ISOLATIONS), default="subprocess", choices=ISOLATIONS,
     ),

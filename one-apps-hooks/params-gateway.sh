@@ -4,6 +4,7 @@
 ONE_SERVICE_PARAMS=(
     'ONEAPP_FL_TLS_ENABLED' 'configure' 'TLS on the Fleet API (SuperNode to SuperLink). Mandatory across zones. A gateway checks the SuperLink behind it with a TLS handshake.' 'O|boolean'
     'ONEAPP_FL_LOG_LEVEL' 'configure' 'Verbosity of Flower and of the agent.' 'O|list'
+    'ONEAPP_FL_BOOTSTRAP_WAIT' 'configure' 'Seconds the boot (one-apps bootstrap step) waits for this VM to be ready before it records bootstrap_failure; not ready 5 s in, FL_READY=NO is published at once. The readiness watch keeps checking either way and publishes READY=YES when the VM is ready.' 'O|number'
     'ONEAPP_FL_SSL_CA_CERTFILE' 'configure' 'Base64 of a PEM CA certificate. SuperLink: with FL_SSL_CERTFILE and FL_SSL_KEYFILE, your own PKI (all three or none). SuperNode: the CA to trust (mandatory across zones with TLS). Gateway: the CA its SuperLink check trusts.' 'O|text64'
     'ONEAPP_FL_FIREWALL' 'configure' 'An nftables table of the appliances own (inet flower_ctx): Fleet port only from FL_FLEET_ALLOWED_SOURCES, Control ports never from outside, the WireGuard port open when wg0 is on. Gateway: the TCP MSS of connections forwarded through wg0 is clamped to the routes MTU.' 'O|boolean'
     'ONEAPP_FL_SUPERLINK_ADDRESS' 'configure' 'SuperLink Fleet API as host:port or [v6]:port. Empty: discovered through OneGate (same OneFlow service only); mandatory across zones. Gateway: the address its SuperNodes dial, checked through it.' 'O|text'

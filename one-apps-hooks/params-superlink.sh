@@ -5,6 +5,7 @@ ONE_SERVICE_PARAMS=(
     'ONEAPP_FLOWER_VERSION' 'configure' 'Flower release X.Y.Z from 1.39.0 to 1.42.x (1.39: gRPC Fleet API; 1.40+: HTTP Fleet API, kept apart from the Control API by flower-ctx). Unset: the Flower the image ships. When it differs from the installed one, flower-ctx tries to install it and keeps the installed one on failure.' 'O|text'
     'ONEAPP_FL_TLS_ENABLED' 'configure' 'TLS on the Fleet API (SuperNode to SuperLink). Mandatory across zones. A gateway checks the SuperLink behind it with a TLS handshake.' 'O|boolean'
     'ONEAPP_FL_LOG_LEVEL' 'configure' 'Verbosity of Flower and of the agent.' 'O|list'
+    'ONEAPP_FL_BOOTSTRAP_WAIT' 'configure' 'Seconds the boot (one-apps bootstrap step) waits for this VM to be ready before it records bootstrap_failure; not ready 5 s in, FL_READY=NO is published at once. The readiness watch keeps checking either way and publishes READY=YES when the VM is ready.' 'O|number'
     'ONEAPP_FL_ISOLATION' 'configure' 'How Flower runs ServerApps/ClientApps (Flowers --isolation).' 'O|list'
     'ONEAPP_FL_GRPC_KEEPALIVE_TIME' 'configure' 'Seconds between gRPC keepalive pings on the Fleet API connection; keeps NAT and firewall state alive.' 'O|number'
     'ONEAPP_FL_GRPC_KEEPALIVE_TIMEOUT' 'configure' 'Seconds to wait for a ping acknowledgement before the connection is declared dead; below the interval.' 'O|number'

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, requires_netns
-from tests.flower_envs import bin_dir, flower_python
+from tests.flower_envs import bin_dir, eras_beside_the_lab, flower_python
 from tests.rig import Rig, SimVM, write_context
 
 pytestmark = [requires_netns, pytest.mark.root, pytest.mark.netns, pytest.mark.flower,
@@ -42,7 +42,7 @@ def boot(vm: SimVM, values: dict[str, str]) -> None:
     write_context(vm.path("/run/one-context/context.sh.network"), {**base, **values})
 
 
-@pytest.fixture(params=["1.39", "1.42"])
+@pytest.fixture(params=eras_beside_the_lab())
 def py(request: pytest.FixtureRequest) -> str:
     """The Python (and so the Flower release) every VM of the site runs."""
     found = flower_python(request.param)

@@ -20,7 +20,7 @@ import pytest
 
 from flower_ctx.context import render
 from tests.conftest import REPO
-from tests.flower_envs import bin_dir, ctx_argv, flower_env, flower_python
+from tests.flower_envs import bin_dir, ctx_argv, eras_beside_the_lab, flower_env, flower_python
 from tests.runtime_helpers import Proc, free_port
 
 APP = REPO / "tests" / "lab" / "app"
@@ -75,7 +75,7 @@ FLEET_UP = {"1.39": "Starting Fleet API", "1.42": "public Fleet API on"}
 
 @pytest.mark.flower
 @pytest.mark.slow
-@pytest.mark.parametrize("minor", ["1.39", "1.42"])
+@pytest.mark.parametrize("minor", eras_beside_the_lab())
 def test_renewed_certificate_is_served_without_a_restart_while_a_run_trains(tmp_path: Path, procs: list[Proc],
                                                                            minor: str) -> None:
     py = flower_python(minor)

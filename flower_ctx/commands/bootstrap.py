@@ -86,9 +86,10 @@ def _start_watch(config: Config, paths: Paths, sup: Any, client: Any, context_fi
 @context_option
 @env_option
 @root_option
-@click.option("--wait", type=click.FloatRange(0, 3600), default=90.0, show_default=True,
-              help="Seconds to wait for discovery and for health before reporting.")
-def command(role: str, context_file: Path | None, use_env: bool, root: Path | None, wait: float) -> None:
+@click.option("--wait", type=click.FloatRange(0, 3600), default=None,
+              help="Seconds to wait for discovery and for health before reporting (default: FL_BOOTSTRAP_WAIT, "
+                   "90 unless set).")
+def command(role: str, context_file: Path | None, use_env: bool, root: Path | None, wait: float | None) -> None:
     """Start the Flower ROLE, wait until it really serves, report readiness to OneGate, and start
     the readiness watch (flower-ctx watch) that keeps the report current afterwards.
 
@@ -103,6 +104,8 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
     """
     paths = paths_for(root)
     config, _src, _table = load_validated(role, context_file, use_env, paths)
+    if wait is None:
+        wait = float(config.bootstrap_wait)
     logging.getLogger("flower_ctx").setLevel(config.log_level)
     echo_warnings(config.warnings)
     if runtime_doc(paths, role) is None:

@@ -63,6 +63,31 @@ PUBLIC_IP = "203.0.113.10"  # the SuperLink's "public" address (1:1 NAT in the r
 SUPERLINK_TEMPLATE_ID = 11  # the appliances' VM templates, as imported from the marketplace
 SUPERNODE_TEMPLATE_ID = 12
 
+# The Flower the lab's images carry: 1.39 by default (the main test virtualenv: the gRPC Fleet API, the
+# era the keepalive and NAT figures of the guide were measured on), or FLOWER_CTX_LAB_FLOWER=1.42
+# (.venv-flwr142: the HTTP era, what the appliance image bakes). CI runs 1.39; the 1.42 lab is the
+# slower job (README).
+LAB_FLOWERS = {"1.39": "1.39.0", "1.42": "1.42.0"}
+LAB_MINOR = os.environ.get("FLOWER_CTX_LAB_FLOWER", "1.39")
+
+
+def lab_flower() -> str:
+    """The release the lab's images carry (FLOWER_VERSION answered in every zone)."""
+    if LAB_MINOR not in LAB_FLOWERS:
+        raise SystemExit(f"FLOWER_CTX_LAB_FLOWER={LAB_MINOR!r}: choose one of {', '.join(LAB_FLOWERS)}")
+    return LAB_FLOWERS[LAB_MINOR]
+
+
+def lab_venv() -> Path:
+    """The virtualenv installed as /opt/flower/venv of every image (the Flower of ``lab_flower``)."""
+    from tests.flower_envs import flower_python
+
+    lab_flower()
+    python = flower_python(LAB_MINOR)
+    if python is None:
+        raise SystemExit(f"no Python with Flower {LAB_MINOR} (test.sh makes .venv-flwr{LAB_MINOR.replace('.', '')})")
+    return Path(python).parent.parent
+
 
 @dataclass(frozen=True)
 class Zone:
@@ -212,11 +237,12 @@ class Cloud:
 
         def install(name: str) -> None:
             try:
-                oa.install(self.slots[name], self.slot_role[name])
+                oa.install(self.slots[name], self.slot_role[name], venv=venv)
             except BaseException as exc:  # reported below
                 errors.append(f"{name}: {exc}")
 
         names = list(self.slots)
+        venv = lab_venv()
         for i in range(0, len(names), 2):
             threads = [threading.Thread(target=install, args=(n,)) for n in names[i:i + 2]]
             for t in threads:

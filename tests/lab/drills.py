@@ -12,14 +12,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.lab.three_zone import NAT_TIMEOUT_S, PUBLIC_IP, Lab, LabError, log, wait_for
+from tests.lab.three_zone import NAT_TIMEOUT_S, PUBLIC_IP, Lab, LabError, lab_bin, lab_flower, log, wait_for
 from tests.rig import SimVM
 
 LOST = "Connection attempt failed"  # what a SuperNode logs when its Fleet connection died
@@ -461,7 +460,7 @@ def _start_stock_supernode(lab: Lab, slot: str) -> subprocess.Popen[bytes]:
     env = prepare_environment(doc, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
     log_path = vm.path("/opt/flower/run/stock-supernode.log")
     with open(log_path, "wb") as out:
-        proc = vm.popen([str(Path(sys.executable).parent / "flower-supernode"), *flower_argv(doc)[1:]],
+        proc = vm.popen([str(lab_bin() / "flower-supernode"), *flower_argv(doc, lab_flower())[1:]],
                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                         start_new_session=True)
     # Connected and settled: its node activated, and no failed attempt for 10 s (Flower refuses to

@@ -97,9 +97,9 @@ def drill_renewal(lab: Lab) -> dict[str, float]:
     _check(lab.flower_pid("link", "superlink") == link_pid and node_pids(lab) == pids, "a Flower was restarted")
     fp = lab.user_template("link").get("FL_CERT_EXPIRES", "")
     log(f"drill renewal: server certificate aged to {short:%Y-%m-%d} (10 days left); `flower-ctx renew --role "
-        f"superlink` during a 4-round run: the new one served on {PUBLIC_IP}:9092 {served:.2f}s after renew began; the run completed "
-        f"4 rounds with all {len(pids)} SuperNodes, {int(res['failures'])} failures (rounds lost 0), no Flower "
-        f"restarted; OneGate FL_CERT_EXPIRES={fp}")
+        f"superlink` during a 4-round run: the new one served on {PUBLIC_IP}:9092 {served:.2f}s after renew "
+        f"began; the run completed 4 rounds with all {len(pids)} SuperNodes, {int(res['failures'])} failures "
+        f"(rounds lost 0), no Flower restarted; OneGate FL_CERT_EXPIRES={fp}")
     return {"served_s": served, "rounds_lost": res["failures"]}
 
 

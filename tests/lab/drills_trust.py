@@ -7,12 +7,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from tests.lab.drills import _alive, _check, node_pids, one_round, wait_ready, zone_slots
-from tests.lab.three_zone import PUBLIC_IP, Lab, log, wait_for
+from tests.lab.three_zone import PUBLIC_IP, Lab, lab_bin, lab_flower, log, wait_for
 
 ROGUE_DIR = "/root/rogue"  # the rogue's own key, in the attacker's home on a zone-C VM
 PROBE = ("import socket,sys\n"
@@ -52,7 +50,7 @@ def drill_rogue(lab: Lab) -> dict[str, float]:
     before = {n["node_id"] for n in federation(lab)["supernodes"]}  # type: ignore[index]
     t0 = time.monotonic()
     with open(log_path, "wb") as out:
-        proc = vm.popen([str(Path(sys.executable).parent / "flower-supernode"), *flower_argv(doc)[1:]],
+        proc = vm.popen([str(lab_bin() / "flower-supernode"), *flower_argv(doc, lab_flower())[1:]],
                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                         start_new_session=True)
     try:

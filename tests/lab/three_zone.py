@@ -43,7 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.lab import cloud
-from tests.lab.cloud import PREFIX, PUBLIC_IP, SUPERLINK_TEMPLATE_ID, SUPERNODE_TEMPLATE_ID, CloudError
+from tests.lab.cloud import (
+    PREFIX,
+    PUBLIC_IP,
+    SUPERLINK_TEMPLATE_ID,
+    SUPERNODE_TEMPLATE_ID,
+    CloudError,
+    lab_flower,
+    lab_venv,
+)
 from tests.rig import Rig, SimVM, cleanup_leftovers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,9 +65,10 @@ WG_POOL = "10.10.9.64/27"  # zone B's SuperNodes: host 2 + the VM's number in it
 VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAT_TIMEOUT_S = 12  # the aggressive NAT's established-timeout (drill "nat"): above keepalive 10 s, below heartbeat gaps
 
-# The lab's images carry Flower 1.39 (the test virtualenv: the gRPC Fleet API, the era the drills
-# measure); the templates offer the appliance image's own release (1.42) by default, which flower-ctx
-# would try to install at every configure (no network here: ~40 s, then it keeps 1.39).
+# The lab's images carry Flower 1.39 by default (cloud.LAB_MINOR: FLOWER_CTX_LAB_FLOWER=1.42 for the
+# HTTP era); the operator answers that release in every zone (the templates offer the image's own
+# release, 1.42, by default, which flower-ctx would try to install at every configure: no network
+# here). The guide shows the default lab's answers; ``answers`` gives the ones this lab types.
 FLOWER = "1.39.0"
 ANSWERS = {  # what the operator types (zones A, B) or fills in (zone C); "" everywhere else
     "A": {"FLOWER_VERSION": FLOWER, "FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
@@ -71,6 +80,18 @@ ANSWERS = {  # what the operator types (zones A, B) or fills in (zone C); "" eve
     "C": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
           "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092", "FL_NODE_CONFIG": "site=3"},
 }
+
+
+
+def answers(zone: str) -> dict[str, str]:
+    """What the operator answers in ZONE for this lab's Flower (the guide shows the default lab's)."""
+    return {**ANSWERS[zone], "FLOWER_VERSION": lab_flower()}
+
+
+def lab_bin() -> Path:
+    """bin/ of the images' virtualenv: stock Flower's console scripts of the lab's release."""
+    return lab_venv() / "bin"
+
 
 # The walkthrough of docs/multi-site-federation.md, command for command (tests/test_lab.py checks
 # the guide's ```sh lab blocks against this list, and that the lab really ran each one).
@@ -324,7 +345,7 @@ class Lab:
         self.front_end("A", f"onetemplate update {SUPERLINK_TEMPLATE_ID} superlink-context.txt --append")
         self.front_end("A", "flower-ctx oneflow template coordinator --superlink-template-id "
                             f"{SUPERLINK_TEMPLATE_ID} > coordinator.json")
-        sid = self.instantiate_cli("A", "coordinator.json", ANSWERS["A"])
+        sid = self.instantiate_cli("A", "coordinator.json", answers("A"))
         self.state["services"] = {"A": sid}
         self.wait_service("A", "RUNNING", 180)
         _, shown = self.front_end("A", f"oneflow show {sid}")
@@ -348,7 +369,7 @@ class Lab:
         self.front_end("B", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
         self.front_end("B", "flower-ctx oneflow template training-site --opennebula 6.10 --supernode-template-id "
                             f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
-        values_b = {k: fill.get(v, v) for k, v in ANSWERS["B"].items()}
+        values_b = {k: fill.get(v, v) for k, v in answers("B").items()}
         self.state["services"]["B"] = self.instantiate_cli("B", "training-site.json", values_b)
         # Zone C: a training site over the public address (OpenNebula 7.2, Sunstone's form).
         self.front_end("C", "flower-ctx oneflow vm-template supernode > supernode-context.txt")
@@ -357,7 +378,7 @@ class Lab:
                             f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
         _, out = self.front_end("C", "oneflow-template create training-site.json")
         tid = int(re.search(r"ID: (\d+)", out).group(1))  # type: ignore[union-attr]
-        values_c = {k: fill.get(v, v) for k, v in ANSWERS["C"].items()}
+        values_c = {k: fill.get(v, v) for k, v in answers("C").items()}
         self.state["services"]["C"] = self.request("web-instantiate", zone="C", id=tid, values=values_c)
         self.save()
         # The SuperNodes boot (configure + bootstrap by one-apps); not admitted and, in zone B, without
