@@ -152,16 +152,24 @@ def drill_restore(lab: Lab) -> dict[str, float]:
              "the restored CA's fingerprint in OneGate")
     took = wait_ready(lab, [m["slot"] for m in lab.supernodes()], 240, "after the restore")
     back = time.monotonic() - t1
-    round_s = one_round(lab)
+    # The first round may still lose a reply: the restored database holds the registrations as they were
+    # at the backup, and Flower samples a node before its first heartbeat after the restore. Reported.
+    first = ""
+    try:
+        round_s = one_round(lab)
+    except LabError as exc:
+        first = f"; the first round lost {len(lab.last_errors) or 1} reply ({'; '.join(lab.last_errors)[:300] or exc})"
+        log(f"drill restore: first round after the restore{first}")
+        round_s = one_round(lab)
     _check(lab.ready("link") and lab.user_template("link").get("FL_CA_FINGERPRINT") == fp, "the SuperLink")
     _check(re.search(r"restored\s+\S*ca\.key", out), f"restore did not put the CA key back:\n{out}")
     _check(_site_jobs(lab) == sites, f"zones B or C were reconfigured or rebooted: {sites} -> {_site_jobs(lab)}")
     log(f"drill restore: SuperLink VM {vmid} rebuilt from a fresh disk ({rebuilt:.1f}s: one-apps made a new CA "
         f"{new_fp}, zone C refused it); `flower-ctx restore` took {restored:.1f}s; CA fingerprint back to {fp}; "
         "every SuperNode READY again after " + ", ".join(f"{s} {t + restored:.1f}s" for s, t in sorted(took.items()))
-        + f" ({back:.1f}s after restore began), a round with all of them {round_s:.1f}s; zones B and C: no "
-        "updateconf, reconfigure or reboot")
-    return {"restore_s": restored, "all_ready_s": back}
+        + f" ({back:.1f}s after restore began), a round with all of them {round_s:.1f}s{first}; zones B and C: "
+        "no updateconf, reconfigure or reboot")
+    return {"restore_s": restored, "all_ready_s": back, "first_round_lost": float(bool(first))}
 
 
 def _site_jobs(lab: Lab) -> dict[str, list[tuple[str, float]]]:
