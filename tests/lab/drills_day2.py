@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from tests.lab.drills import _check, node_pids, one_round, wait_ready, zone_slots
-from tests.lab.three_zone import OPS, PUBLIC_IP, Lab, LabError, log, wait_for
+from tests.lab.three_zone import OPS, PUBLIC_IP, Lab, LabError, lab_venv, log, wait_for
 
 # The notAfter of the certificate a new TLS handshake gets, verified with the VM's own CA file.
 SERVED = """
@@ -132,7 +132,7 @@ def drill_restore(lab: Lab) -> dict[str, float]:
     t0 = time.monotonic()
     lab.front_end("A", f"onevm poweroff {vmid}", record=False)
     lab.link.run(["sh", "-c", FRESH_DISK], timeout=60)  # the new disk: the image as built, nothing else
-    oa.install(lab.link, "superlink")
+    oa.install(lab.link, "superlink", venv=lab_venv())  # the lab's image: its Flower
     lab.front_end("A", f"onevm resume {vmid}", record=False)
     lab.wait_jobs("A", timeout=240)
     new_fp = lab.user_template("link").get("FL_CA_FINGERPRINT")
@@ -154,13 +154,19 @@ def drill_restore(lab: Lab) -> dict[str, float]:
     back = time.monotonic() - t1
     # The first round may still lose a reply: the restored database holds the registrations as they were
     # at the backup, and Flower samples a node before its first heartbeat after the restore. Reported.
-    first = ""
-    try:
-        round_s = one_round(lab)
-    except LabError as exc:
-        first = f"; the first round lost {len(lab.last_errors) or 1} reply ({'; '.join(lab.last_errors)[:300] or exc})"
-        log(f"drill restore: first round after the restore{first}")
-        round_s = one_round(lab)
+    first, lost = "", 0
+    for attempt in range(3):
+        try:
+            round_s = one_round(lab)
+            break
+        except AssertionError as exc:  # LabError (AssertionError; under `python -m` a second module copy's)
+            lost += 1
+            why = "; ".join(sorted(set(lab.last_errors)))[:300] or str(exc)[:300]
+            log(f"drill restore: round {attempt + 1} after the restore lost replies: {why}")
+            if attempt == 2:
+                raise
+    if lost:
+        first = f"; {lost} round(s) right after it lost a reply first"
     _check(lab.ready("link") and lab.user_template("link").get("FL_CA_FINGERPRINT") == fp, "the SuperLink")
     _check(re.search(r"restored\s+\S*ca\.key", out), f"restore did not put the CA key back:\n{out}")
     _check(_site_jobs(lab) == sites, f"zones B or C were reconfigured or rebooted: {sites} -> {_site_jobs(lab)}")
@@ -169,7 +175,7 @@ def drill_restore(lab: Lab) -> dict[str, float]:
         "every SuperNode READY again after " + ", ".join(f"{s} {t + restored:.1f}s" for s, t in sorted(took.items()))
         + f" ({back:.1f}s after restore began), a round with all of them {round_s:.1f}s{first}; zones B and C: "
         "no updateconf, reconfigure or reboot")
-    return {"restore_s": restored, "all_ready_s": back, "first_round_lost": float(bool(first))}
+    return {"restore_s": restored, "all_ready_s": back, "rounds_losing_a_reply": float(lost)}
 
 
 def _site_jobs(lab: Lab) -> dict[str, list[tuple[str, float]]]:

@@ -73,12 +73,13 @@ FLOWER = "1.39.0"
 ANSWERS = {  # what the operator types (zones A, B) or fills in (zone C); "" everywhere else
     "A": {"FLOWER_VERSION": FLOWER, "FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
     "B": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
-          "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092", "FL_NODE_CONFIG": "site=2", "FL_WG_ENABLED": "YES",
+          "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092", "FL_NODE_CONFIG": "site=2", "FL_BOOTSTRAP_WAIT": "30",
+          "FL_WG_ENABLED": "YES",
           "FL_WG_ADDRESS": WG_POOL,
           "FL_WG_PEER_PUBLIC_KEY": "<hub public key>", "FL_WG_PEER_ENDPOINT": f"{PUBLIC_IP}:51820",
           "FL_WG_PEER_ALLOWED_IPS": f"{HUB_WG}/32"},
     "C": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
-          "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092", "FL_NODE_CONFIG": "site=3"},
+          "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092", "FL_NODE_CONFIG": "site=3", "FL_BOOTSTRAP_WAIT": "30"},
 }
 
 
