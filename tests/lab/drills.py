@@ -65,6 +65,22 @@ def one_round(lab: Lab, timeout: float = 180) -> float:
     return lab.train(rounds=1, timeout=timeout)["seconds"]
 
 
+def round_with_everyone(lab: Lab, what: str, tries: int = 3) -> tuple[int, float]:
+    """A round with every SuperNode right after a node came back (restore, a stock SuperNode replaced):
+    Flower may still sample it under its previous session and lose that reply. Each such round is
+    logged with Flower's error; returns how many rounds lost a reply before one had every SuperNode,
+    and that round's seconds."""
+    for attempt in range(tries):
+        try:
+            return attempt, one_round(lab)
+        except AssertionError as exc:  # LabError (under `python -m`, a second module copy's class)
+            why = "; ".join(sorted(set(lab.last_errors)))[:300] or str(exc)[:300]
+            log(f"round {attempt + 1} {what} lost a reply: {why}")
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
 def zone_slots(lab: Lab, zone: str) -> list[str]:
     return [m["slot"] for m in lab.supernodes() if m["zone"] == zone]
 
@@ -510,6 +526,11 @@ def drill_nat(lab: Lab) -> dict[str, float]:
             f"{int(res['nodes'])} SuperNodes in {took:.1f}s; {slots[0]}'s Fleet connection idled at most "
             f"{agent_idle.max_idle_s:.1f}s")
 
+        from tests.flower_envs import FULL_SUITE
+
+        if not FULL_SUITE:  # the stock half reports (never asserts) a figure and takes ~90 s
+            log("drill nat: the stock-Flower comparison runs with FLOWER_CTX_FULL_SUITE=1 (beyond CI's time budget)")
+            return {"round_s": took, "agent_max_idle_s": agent_idle.max_idle_s}
         stock = _start_stock_supernode(lab, stock_slot)
         limit = sleep_s + 30  # the round with keepalive took sleep_s + 11-15 s
         with FleetIdleSampler(lab.vm(stock_slot)) as stock_idle:
@@ -545,9 +566,9 @@ def drill_nat(lab: Lab) -> dict[str, float]:
     t1 = time.monotonic()
     lab.on_vm(stock_slot, "flower-ctx bootstrap --role supernode", record=False, check=False)
     wait_ready(lab, [stock_slot], 240, "after flower-ctx took over again")
-    one_round(lab)
+    lost_first, _ = round_with_everyone(lab, "after flower-ctx took over again")
     log(f"drill nat: NAT back to normal, flower-ctx's SuperNode back on {stock_slot}: a round with every "
-        f"SuperNode completed {time.monotonic() - t1:.1f}s later")
+        f"SuperNode completed {time.monotonic() - t1:.1f}s later ({lost_first} round(s) before it lost a reply)")
     return {"round_s": took, "agent_max_idle_s": agent_idle.max_idle_s, "stock_max_idle_s": stock_idle.max_idle_s,
             "stock_update_lost": float(lost)}
 

@@ -11,10 +11,10 @@ import threading
 import time
 from typing import Any
 
-from tests.lab.drills import _check, node_pids, one_round, wait_ready, zone_slots
+from tests.lab.drills import _check, node_pids, round_with_everyone, wait_ready, zone_slots
 from tests.lab.three_zone import OPS, PUBLIC_IP, Lab, LabError, lab_venv, log, wait_for
 
-# The notAfter of the certificate a new TLS handshake gets, verified with the VM's own CA file.
+# The certificate a new TLS handshake gets, verified with the VM's own CA file: notAfter, then issuer.
 SERVED = """
 import socket, ssl, sys
 from cryptography import x509
@@ -22,14 +22,38 @@ ctx = ssl.create_default_context(cafile=sys.argv[3])
 with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as raw, \\
         ctx.wrap_socket(raw, server_hostname=sys.argv[1]) as tls:
     der = tls.getpeercert(binary_form=True)
-print(x509.load_der_x509_certificate(der).not_valid_after_utc.isoformat())
+cert = x509.load_der_x509_certificate(der)
+print(cert.not_valid_after_utc.isoformat())
+print(cert.issuer.rfc4514_string())
 """
+
+
+def _served(lab: Lab, slot: str) -> list[str]:
+    return lab.vm(slot).python(SERVED, PUBLIC_IP, "9092", "/opt/flower/certs/ca.crt", timeout=30).stdout.splitlines()
 
 
 def served_not_after(lab: Lab, slot: str) -> datetime.datetime:
     """What a zone-C SuperNode VM gets on a new handshake with the SuperLink's public address."""
-    out = lab.vm(slot).python(SERVED, PUBLIC_IP, "9092", "/opt/flower/certs/ca.crt", timeout=30).stdout
-    return datetime.datetime.fromisoformat(out.strip())
+    return datetime.datetime.fromisoformat(_served(lab, slot)[0])
+
+
+def served_issuer(lab: Lab, slot: str) -> str:
+    return _served(lab, slot)[1]
+
+
+def run_in_background(lab: Lab, rounds: int, round_sleep: float) -> tuple[threading.Thread, dict[str, Any]]:
+    """A `flwr run` on the SuperLink VM in a thread; its result (or error) lands in the dict."""
+    box: dict[str, Any] = {}
+
+    def train() -> None:
+        try:
+            box["result"] = lab.train(rounds=rounds, round_sleep=round_sleep, timeout=300)
+        except BaseException as exc:  # reported by the drill
+            box["error"] = exc
+
+    runner = threading.Thread(target=train, name="drill-run")
+    runner.start()
+    return runner, box
 
 
 def force_into_renewal_window(lab: Lab) -> datetime.datetime:
@@ -67,17 +91,8 @@ def drill_renewal(lab: Lab) -> dict[str, float]:
     short = force_into_renewal_window(lab)
     wait_for(lambda: abs((served_not_after(lab, c) - short).total_seconds()) < 2, 30,
              "the SuperLink to serve the aged certificate")
-    box: dict[str, Any] = {}
-
-    def train() -> None:
-        try:
-            box["result"] = lab.train(rounds=4, round_sleep=3, timeout=300)
-        except BaseException as exc:  # reported below
-            box["error"] = exc
-
     pushes = lab.superlink_log().count("Push replies from node_id")
-    runner = threading.Thread(target=train, name="renewal-run")
-    runner.start()
+    runner, box = run_in_background(lab, 4, 3)
     try:
         wait_for(lambda: lab.superlink_log().count("Push replies from node_id") >= pushes + 2 * len(pids)
                  or not runner.is_alive(), 180, "the run's second round")
@@ -152,21 +167,8 @@ def drill_restore(lab: Lab) -> dict[str, float]:
              "the restored CA's fingerprint in OneGate")
     took = wait_ready(lab, [m["slot"] for m in lab.supernodes()], 240, "after the restore")
     back = time.monotonic() - t1
-    # The first round may still lose a reply: the restored database holds the registrations as they were
-    # at the backup, and Flower samples a node before its first heartbeat after the restore. Reported.
-    first, lost = "", 0
-    for attempt in range(3):
-        try:
-            round_s = one_round(lab)
-            break
-        except AssertionError as exc:  # LabError (AssertionError; under `python -m` a second module copy's)
-            lost += 1
-            why = "; ".join(sorted(set(lab.last_errors)))[:300] or str(exc)[:300]
-            log(f"drill restore: round {attempt + 1} after the restore lost replies: {why}")
-            if attempt == 2:
-                raise
-    if lost:
-        first = f"; {lost} round(s) right after it lost a reply first"
+    lost, round_s = round_with_everyone(lab, "after the restore")
+    first = f"; {lost} round(s) right after it lost a reply first" if lost else ""
     _check(lab.ready("link") and lab.user_template("link").get("FL_CA_FINGERPRINT") == fp, "the SuperLink")
     _check(re.search(r"restored\s+\S*ca\.key", out), f"restore did not put the CA key back:\n{out}")
     _check(_site_jobs(lab) == sites, f"zones B or C were reconfigured or rebooted: {sites} -> {_site_jobs(lab)}")
@@ -178,8 +180,68 @@ def drill_restore(lab: Lab) -> dict[str, float]:
     return {"restore_s": restored, "all_ready_s": back, "rounds_losing_a_reply": float(lost)}
 
 
+def drill_rotation(lab: Lab) -> dict[str, float]:
+    """A full CA rotation across the three zones while a run trains: `flower-ctx ca rotate` on the
+    SuperLink makes the next CA; each training site gets the bundle `ca export` now prints (updateconf
+    of FL_SSL_CA_CERTFILE: one planned Flower restart per SuperNode); `ca rotate --finish` refuses until
+    every SuperNode online announces the next CA, then switches the server certificate during a 4-round
+    run: the run completes with every SuperNode, no round lost; `--drop-old` ends the overlap."""
+    from cryptography import x509
+
+    from flower_ctx.pem import fingerprint
+
+    old_fp = lab.user_template("link").get("FL_CA_FINGERPRINT")
+    _, out = lab.on_vm("link", "flower-ctx ca rotate", record=False)
+    found = re.search(r"next CA (sha256:[0-9a-f]{64})", out)
+    _check(found, f"ca rotate did not name the next CA:\n{out}")
+    next_fp = found.group(1)  # type: ignore[union-attr]
+    bundle = lab.on_vm("link", "flower-ctx ca export", record=False, stdout_only=True)[1].strip()
+    slots = [m["slot"] for m in lab.supernodes()]
+    t0 = time.monotonic()
+    for slot in slots:  # the operator, zone by zone: FL_SSL_CA_CERTFILE = the bundle
+        result = lab.updateconf(slot, {"FL_SSL_CA_CERTFILE": bundle}, "ca-bundle.txt")
+        _check(result["status"] == "bootstrap_success\n", f"{slot} with the bundle: {result['status']!r}")
+    wait_ready(lab, slots, 120, "with the CA bundle")
+    distributed = time.monotonic() - t0
+    lab.state["ca_b64"] = bundle
+    lab.save()
+    pids = node_pids(lab)
+    runner, box = run_in_background(lab, 4, 3)
+    c = zone_slots(lab, "C")[0]
+    try:
+        t1 = time.monotonic()
+        while True:  # the trust report: every SuperNode online announces the next CA on its connection
+            code, fin = lab.on_vm("link", "flower-ctx ca rotate --finish", check=False, record=False)
+            if code == 0 or time.monotonic() - t1 > 120:
+                break
+            time.sleep(2)
+        _check(code == 0, f"ca rotate --finish never went through:\n{fin}")
+        t2 = time.monotonic()
+        next_subject = x509.load_pem_x509_certificates(lab.link.path("/opt/flower/certs/ca.crt").read_bytes())[0]
+        _check(fingerprint(next_subject) == next_fp, "the SuperLink's CA file does not lead with the next CA")
+        wait_for(lambda: served_issuer(lab, c) == next_subject.subject.rfc4514_string(), 60,
+                 "the next CA's certificate to be served", 0.5)
+        served = time.monotonic() - t2
+    finally:
+        runner.join(320)
+    if "error" in box:
+        raise LabError(f"the run across the rotation failed: {box['error']}")
+    res = box["result"]
+    _check(res["rounds"] == 4 and res["failures"] == 0 and res["nodes"] == len(pids), f"the run: {res}")
+    _check(node_pids(lab) == pids, "a SuperNode was restarted after --finish")
+    lab.on_vm("link", "flower-ctx ca rotate --drop-old", record=False)
+    new_fp = lab.user_template("link").get("FL_CA_FINGERPRINT")
+    log(f"drill rotation: `ca rotate` on the SuperLink (next CA {next_fp[:23]}...); the bundle given to the "
+        f"{len(slots)} SuperNodes of zones B and C by updateconf (one planned restart each, {distributed:.1f}s); "
+        f"`ca rotate --finish` went through {t2 - t1:.1f}s into a 4-round run, the next CA's certificate was "
+        f"served on {PUBLIC_IP}:9092 {served:.1f}s later; the run completed with all {len(pids)} SuperNodes, "
+        f"{int(res['failures'])} failures (rounds lost 0), no SuperNode restarted after --finish; --drop-old: "
+        f"OneGate FL_CA_FINGERPRINT {old_fp[:23]}... -> {str(new_fp)[:23]}...")
+    return {"distribute_s": distributed, "served_s": served, "rounds_lost": res["failures"]}
+
+
 def _site_jobs(lab: Lab) -> dict[str, list[tuple[str, float]]]:
     return {m["slot"]: [(j["kind"], j["started"]) for j in m["jobs"]] for m in lab.machines() if m["zone"] != "A"}
 
 
-DAY2_DRILLS = {"renewal": drill_renewal, "restore": drill_restore}
+DAY2_DRILLS = {"renewal": drill_renewal, "rotation": drill_rotation, "restore": drill_restore}
