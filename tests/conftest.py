@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +90,14 @@ def no_token_in_output(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFi
     yield
     out, err = capfd.readouterr()
     assert_no_token(caplog.text, out, err)
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Any]]:
+    """Processes a test starts (tests.runtime_helpers.Proc), killed in reverse order when it ends."""
+    started: list[Any] = []
+    try:
+        yield started
+    finally:
+        for p in reversed(started):
+            p.kill()

@@ -6,7 +6,6 @@ while the others stay."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,16 +44,6 @@ def test_key_lines_parse_and_refuse_without_echoing() -> None:
         with pytest.raises(ValueError) as info:
             parse_line(text)
         assert public.line.split()[1][:16] not in str(info.value)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
 
 
 def _node(tmp: Path, name: str, pki: object, fleet: int) -> tuple[Path, object]:

@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,16 +31,6 @@ from tests.http_helpers import flwr, flwr_home, flwr_run, run_ids, wait_port
 from tests.runtime_helpers import Proc, free_port, kill_tree, make_pki, stage_runtime_config
 
 pytestmark = [requires_flower_139, requires_flower_142, pytest.mark.flower, pytest.mark.slow]
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
 
 
 def _stop(proc: Proc) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,16 +37,6 @@ def test_flowers_own_give_up_line_ends_the_process_once_after_a_grace() -> None:
         assert len(calls) == 1 and calls[0] - t0 >= 0.2
     finally:
         flwr_logger.removeHandler(watch)
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
 
 
 @requires_flower

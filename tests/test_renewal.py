@@ -13,7 +13,6 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,6 @@ from tests.flower_envs import bin_dir, ctx_argv, eras_beside_the_lab, flower_env
 from tests.runtime_helpers import Proc, free_port
 
 APP = REPO / "tests" / "lab" / "app"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
 
 
 def _served_not_after(port: int, ca: Path) -> datetime.datetime:

@@ -13,7 +13,6 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,16 +24,6 @@ from tests.flower_envs import bin_dir, ctx_argv, flower_env, flower_python
 from tests.runtime_helpers import Proc, free_port, stage_runtime_config
 
 APP = REPO / "tests" / "lab" / "app"
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
 
 
 # What the SuperLink logs once its Fleet API listens, per era.

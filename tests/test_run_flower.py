@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,16 +34,6 @@ PY = flower_python("1.39") or sys.executable  # the gRPC era: Flower 1.39
 
 T, TIMEOUT = 2, 1  # small values through the runtime config (the CONTEXT validator keeps its 10 s floor)
 WINDOW = 14.0
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
 
 
 def _paths(events, direction: str = "c2s") -> list[str]:

@@ -13,7 +13,6 @@ import socket
 import sqlite3
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,16 +203,6 @@ def test_state_database_is_copied_before_an_upgrade_and_a_newer_one_refused(tmp_
 
 
 # ---------------------------------------------------------------- real Flower 1.42 on loopback
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    try:
-        yield started
-    finally:
-        for p in reversed(started):
-            p.kill()
-
 
 def _ss_keepalive(port: int) -> list[str]:
     """``ss -tno`` lines of established connections to or from ``port`` (timer:(keepalive,...))."""
