@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 from tests.gateway_rig import (  # noqa: E402
     FLEET_PORT,
     HUB_WG,
+    TCP_SINK,
     GatewaySite,
     configure,
     peers_b64,
@@ -36,21 +37,6 @@ from tests.gateway_rig import (  # noqa: E402
     wg_keypair,
 )
 from tests.rig import Rig, write_context  # noqa: E402
-
-TCP_SINK = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4)
-print("listening", flush=True)
-while True:
-    c, _ = s.accept()
-    n = 0
-    while True:
-        b = c.recv(1 << 16)
-        if not b: break
-        n += len(b)
-    c.sendall(str(n).encode()); c.close()
-"""
 
 TCP_SEND = r"""
 import socket, sys, time

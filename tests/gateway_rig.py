@@ -399,3 +399,20 @@ def snmp(vm: SimVM) -> dict[str, int]:
             for n, v in zip(names.split(), vals.split(":", 1)[1].split(), strict=False):
                 out[f"{proto}:{n}"] = int(v)
     return out
+
+
+# A TCP sink for throughput runs: counts what one connection sends, answers the count, closes.
+TCP_SINK = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept()
+    n = 0
+    while True:
+        b = c.recv(1 << 16)
+        if not b: break
+        n += len(b)
+    c.sendall(str(n).encode()); c.close()
+"""

@@ -25,6 +25,7 @@ from tests.gateway_rig import (
     GW_LAN,
     GW_WG,
     LAN_NET,
+    TCP_SINK,
     TUNNEL_NET,
     GatewaySite,
     configure,
@@ -323,21 +324,6 @@ def test_gateway_restart_keeps_supernode_connections(site: GatewaySite) -> None:
 
 
 # --- MTU on a VXLAN-like underlay -------------------------------------------------------------------------
-
-TCP_SINK = r"""
-import socket, sys
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(4)
-print("listening", flush=True)
-while True:
-    c, _ = s.accept()
-    n = 0
-    while True:
-        b = c.recv(1 << 16)
-        if not b: break
-        n += len(b)
-    c.sendall(str(n).encode()); c.close()
-"""
 
 TCP_SEND = r"""
 import socket, sys, time
