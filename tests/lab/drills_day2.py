@@ -56,6 +56,16 @@ def run_in_background(lab: Lab, rounds: int, round_sleep: float) -> tuple[thread
     return runner, box
 
 
+def finished(runner: threading.Thread, box: dict[str, Any], across: str, nodes: int) -> dict[str, float]:
+    """The background run's result once it ended: 4 rounds, every one of ``nodes`` SuperNodes, no failure."""
+    runner.join(320)  # already ended when the drill's own wait joined it
+    if "error" in box:
+        raise LabError(f"the run across {across} failed: {box['error']}")
+    res = box["result"]
+    _check(res["rounds"] == 4 and res["failures"] == 0 and res["nodes"] == nodes, f"the run: {res}")
+    return res
+
+
 def force_into_renewal_window(lab: Lab) -> datetime.datetime:
     """Re-sign the SuperLink's server.pem (same key, same names) by its CA to expire in 10 days: due
     for renewal. The file is replaced in place (mode and owner kept), as an aged certificate would be."""
@@ -105,10 +115,7 @@ def drill_renewal(lab: Lab) -> dict[str, float]:
         served = time.monotonic() - t0
     finally:
         runner.join(320)
-    if "error" in box:
-        raise LabError(f"the run across the renewal failed: {box['error']}")
-    res = box["result"]
-    _check(res["rounds"] == 4 and res["failures"] == 0 and res["nodes"] == len(pids), f"the run: {res}")
+    res = finished(runner, box, "the renewal", len(pids))
     _check(lab.flower_pid("link", "superlink") == link_pid and node_pids(lab) == pids, "a Flower was restarted")
     fp = lab.user_template("link").get("FL_CERT_EXPIRES", "")
     log(f"drill renewal: server certificate aged to {short:%Y-%m-%d} (10 days left); `flower-ctx renew --role "
@@ -224,10 +231,7 @@ def drill_rotation(lab: Lab) -> dict[str, float]:
         served = time.monotonic() - t2
     finally:
         runner.join(320)
-    if "error" in box:
-        raise LabError(f"the run across the rotation failed: {box['error']}")
-    res = box["result"]
-    _check(res["rounds"] == 4 and res["failures"] == 0 and res["nodes"] == len(pids), f"the run: {res}")
+    res = finished(runner, box, "the rotation", len(pids))
     _check(node_pids(lab) == pids, "a SuperNode was restarted after --finish")
     lab.on_vm("link", "flower-ctx ca rotate --drop-old", record=False)
     new_fp = lab.user_template("link").get("FL_CA_FINGERPRINT")
