@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, requires_netns, requires_wireguard_go
+from tests.gateway_rig import peers_b64, wg_keypair
 from tests.rig import Rig, SimVM, write_context
 
 pytestmark = [
@@ -64,17 +65,6 @@ def configure(vm: SimVM, role: str, ctx: Path) -> Run:
 
 def wg_show(vm: SimVM, *what: str) -> str:
     return vm.run(["wg", "show", "wg0", *what]).stdout.strip()
-
-
-def wg_keypair() -> tuple[str, str]:
-    priv = subprocess.run(["wg", "genkey"], capture_output=True, text=True, check=True).stdout.strip()
-    pub = subprocess.run(["wg", "pubkey"], input=priv, capture_output=True, text=True, check=True).stdout.strip()
-    return priv, pub
-
-
-def peers_b64(*sections: dict[str, str]) -> str:
-    text = "\n".join("[Peer]\n" + "".join(f"{k} = {v}\n" for k, v in s.items()) for s in sections)
-    return base64.b64encode(text.encode()).decode()
 
 
 TCP_SERVER = r"""
