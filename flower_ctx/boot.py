@@ -58,9 +58,11 @@ def pinned_ca(paths: Paths) -> dict[str, Any] | None:
 
 
 def refusal_message(pinned: str, offered: str, vm: str) -> str:
-    return (f"the SuperLink VM {vm or '?'} now publishes CA {offered} in OneGate, but this SuperNode pinned CA "
-            f"{pinned} when it first found it: refused (any VM of the service can rewrite those attributes). If the "
-            "SuperLink really has a new CA: set FL_SSL_CA_CERTFILE, or run `flower-ctx ca forget` on this VM")
+    # Both fingerprints first: FL_ERROR keeps the first 200 characters.
+    return (f"pinned CA {pinned}, refused CA {offered} that the SuperLink VM {vm or '?'} now publishes in OneGate "
+            "(this SuperNode pinned the first CA it found there; any VM of the service can rewrite those "
+            "attributes). If the SuperLink really has a new CA: set FL_SSL_CA_CERTFILE, or run `flower-ctx ca "
+            "forget` on this VM")
 
 
 def pin_check(paths: Paths, ca_pem: bytes | None, fingerprint: str | None, vm_id: str) -> bytes | None:
@@ -95,6 +97,38 @@ def pin_check(paths: Paths, ca_pem: bytes | None, fingerprint: str | None, vm_id
     if (pin.get("refused") or {}).get("fingerprint") != refused["fingerprint"]:
         agentstate.write(paths, PIN, {**pin, "refused": refused})
     raise CaPinError(refusal_message(str(pin.get("fingerprint")), refused["fingerprint"], vm_id))
+
+
+def pin_refusal(config: Config, paths: Paths) -> str | None:
+    """Why a SuperNode whose CA came from OneGate is not ready while a CA it refused stands (None:
+    no refusal). Bootstrap and the readiness watch both ask, so neither reports READY past it."""
+    if config.role is not Role.SUPERNODE or not config.tls_enabled or config.pki.ca_pem is not None:
+        return None
+    pin = pinned_ca(paths) or {}
+    refused = pin.get("refused")
+    if not refused:
+        return None
+    return refusal_message(str(pin.get("fingerprint")), str(refused.get("fingerprint")), str(refused.get("vm", "")))
+
+
+def look_again(config: Config, paths: Paths, client: Any, say: Callable[[str], None]) -> None:
+    """At boot, a SuperNode whose CA came from OneGate looks at what its SuperLink publishes now: the
+    pin decides (a different CA is refused and recorded, see ``pin_refusal``). Nothing is installed
+    here (the watch takes a rotation's bundle); nothing published now is no reason to fail."""
+    if client is None or config.role is not Role.SUPERNODE or not config.tls_enabled or config.pki.ca_pem is not None:
+        return
+    if pinned_ca(paths) is None:
+        return  # nothing pinned: the CA was not learnt from OneGate
+    from .discovery import DiscoveryError, discover_superlink
+
+    try:
+        found = discover_superlink(client, deadline_s=5.0, max_backoff=2.0)
+    except (DiscoveryError, FlowerCtxError):
+        return
+    try:
+        pin_check(paths, found.ca_pem, found.ca_fingerprint, found.vm_id)
+    except CaPinError as exc:
+        say(f"refused: {exc}")
 
 
 def discover(config: Config, paths: Paths, client: Any, wait: float, say: Callable[[str], None]) -> HostPort:

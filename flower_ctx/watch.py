@@ -24,14 +24,15 @@ from typing import Any
 from . import agentstate
 from .boot import (
     CaPinError,
+    attributes,
     client_for,
     discover,
     needs_discovery,
     pin_check,
+    pin_refusal,
     pinned_ca,
     publish,
     publish_failure,
-    refusal_message,
 )
 from .errors import ContextError, FlowerCtxError, ValidationError
 from .health import Health, check, runtime_doc
@@ -47,6 +48,7 @@ PROBE_TIMEOUT_S = 3.0
 DISCOVERY_S = 10.0  # per check: the watch never blocks long, the next check tries again
 RESTART_S = 10.0  # built-in supervisor: an ended Flower is started again at most this often
 RECHECK_S = 60.0  # SuperNode: how often what the SuperLink publishes in OneGate is looked at again
+RECHECK_REFUSED_S = 10.0  # ... while a CA it refused stands: back to ready soon after the rewrite is undone
 RENEW_S = 6 * 3600.0  # SuperLink without systemd: how often the watch does the renewal timer's job
 ADMIT_ONEGATE_S = 10.0  # SuperLink: how often the keys published in OneGate are read again
 FAILED_CONFIGURE = "configure-failed.json"
@@ -81,6 +83,7 @@ class Watch:
         self._rechecked = float("-inf")
         self._renewed = time.monotonic()  # configure has just checked
         self._metrics_at = float("-inf")
+        self._wanted: dict[str, str] = {}  # the attributes published last time
 
     def check_once(self) -> tuple[Health, Config | None, OneGateAccess | None]:
         """One check from the CONTEXT as it is now."""
@@ -128,13 +131,14 @@ class Watch:
             if done:
                 self._restarted = time.monotonic()
                 self.say(f"flower-{self.role} {done} ({sup.manager}: it had ended)")
-        if config.role is Role.SUPERNODE and time.monotonic() - self._rechecked >= RECHECK_S:
+        refusing = bool((pinned_ca(self.paths) or {}).get("refused"))
+        every = RECHECK_REFUSED_S if refusing else RECHECK_S
+        if config.role is Role.SUPERNODE and time.monotonic() - self._rechecked >= every:
             self._rechecked = time.monotonic()
             self._recheck_publication(config)
-        pin = pinned_ca(self.paths) or {}
-        if pin.get("refused") and config.pki.ca_pem is None:
-            return Health(False, refusal_message(str(pin["fingerprint"]), str(pin["refused"].get("fingerprint")),
-                                                 str(pin["refused"].get("vm", "")))), config, config.onegate
+        refusal = pin_refusal(config, self.paths)
+        if refusal:
+            return Health(False, refusal, kind="ca_refused"), config, config.onegate
         health = self.health_check(config, self.paths, sup, timeout=PROBE_TIMEOUT_S)
         if health.ok:
             self._looking = False
@@ -164,10 +168,15 @@ class Watch:
         except (DiscoveryError, FlowerCtxError):
             return  # nothing usable published right now: what is installed stays
         if from_onegate_ca:
+            def refused() -> object:
+                return ((pinned_ca(self.paths) or {}).get("refused") or {}).get("fingerprint")
+
+            before = refused()
             try:
                 trusted = pin_check(self.paths, found.ca_pem, found.ca_fingerprint, found.vm_id)
             except CaPinError as exc:
-                self.say(f"refused: {exc}")
+                if refused() != before:  # said once per CA refused, not at every look
+                    self.say(f"refused: {exc}")
                 return
             self._take_bundle(config, trusted)
         current = runtime_target(runtime_doc(self.paths, config.role.value))
@@ -267,13 +276,37 @@ class Watch:
             self._last, self._synced = key, now
             return
         client = self._client(access)
+        wanted = self._wanted_attributes(config)
         summary = publish(config, self.paths, client, health) if config is not None else \
             publish_failure(client, self.paths, health.detail)
         if key != self._last:
             self.say(("ready: " if health.ok else "not ready: ") + health.detail)
             self.say(summary)
+        else:
+            self._rewritten(wanted)
+        self._wanted = wanted
         if "could not publish" not in summary:
             self._last, self._synced = key, now
+
+    def _wanted_attributes(self, config: Config | None) -> dict[str, str]:
+        if config is None:
+            return {}
+        try:
+            return attributes(config, self.paths)
+        except FlowerCtxError:
+            return {}
+
+    def _rewritten(self, wanted: dict[str, str]) -> None:
+        """A resync (same health, same attributes wanted as last time) that still had to send some:
+        OneGate held other values than this VM published, i.e. someone rewrote them (any VM of the
+        service may: PUT /vms/ID). They are ours again now; say which, so the operator can look for
+        the writer."""
+        doc = agentstate.read_or_none(self.paths, "publication.json") or {}
+        names = [n for n in doc.get("sent") or []
+                 if (n in wanted and self._wanted.get(n) == wanted[n]) or n in ("READY", "FL_READY", "FL_ERROR")]
+        if names:
+            self.say(f"OneGate held other values for {', '.join(names)} than this VM published (another VM of "
+                     "the service can rewrite them): published this VM's again")
 
     def _client(self, access: OneGateAccess, retries: int = 1) -> Any:
         if self.client_factory is not None:

@@ -196,3 +196,77 @@ def test_configure_warns_about_a_secret_written_in_a_service_vms_context(gate: O
     alone = gate.add_vm("not-in-a-service")
     solo = load_config("superlink", {**base, "VMID": str(alone.id), "FL_WG_PRIVATE_KEY": key}, token=alone.token)
     assert _secret_warning(solo, Paths()) == []
+
+
+def test_a_superlinks_rewritten_attributes_are_published_again_and_said(gate: OneGateServer, tmp_path: Path,
+                                                                         stage: Path) -> None:
+    """The SuperLink's side of the same attack: its watch reads its VM back at every resync, publishes
+    its own values again and names the attributes someone else rewrote."""
+    from tests.test_watch import Scripted, _configure, _context, _watch
+
+    link, _, rogue = _service(gate)
+    ctx = _context(tmp_path, gate, link, FL_TLS_ENABLED="YES")
+    _configure(ctx, stage)
+    said: list[str] = []
+    w = _watch(ctx, stage, Scripted(), said)
+    w.tick()
+    genuine = gate.user_template(link)
+    assert genuine["FL_READY"] == "YES" and genuine["FL_CA_CERT"]
+    w._synced = float("-inf")  # a resync with nothing rewritten: nothing said
+    w.tick()
+    assert not [s for s in said if "rewrite" in s]
+
+    evil = make_ca_pem("attacker CA")
+    evil_fp = fingerprint(load_certs(evil)[0])
+    assert _rewrite_as(gate, rogue, link, {"FL_CA_CERT": base64.b64encode(evil).decode(),
+                                           "FL_CA_FINGERPRINT": evil_fp, "FL_ENDPOINT": "192.0.2.66:9092"}) == 200
+    assert gate.user_template(link)["FL_CA_FINGERPRINT"] == evil_fp  # the attack is real
+    w._synced = float("-inf")  # as if RESYNC_S had passed
+    w.tick()
+    now = gate.user_template(link)
+    assert {k: now[k] for k in ("FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_ENDPOINT")} == \
+        {k: genuine[k] for k in ("FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_ENDPOINT")}
+    (line,) = [s for s in said if "rewrite" in s]
+    assert all(n in line for n in ("FL_CA_CERT", "FL_CA_FINGERPRINT", "FL_ENDPOINT")), line
+
+
+def test_a_refusal_published_as_fl_error_keeps_both_fingerprints() -> None:
+    from flower_ctx.readiness import sanitize_error
+
+    pinned, offered = (fingerprint(load_certs(make_ca_pem(n))[0]) for n in ("pinned", "offered"))
+    published = sanitize_error(boot.refusal_message(pinned, offered, "100"))
+    assert pinned in published and offered in published, published
+
+
+def test_bootstrap_after_a_reboot_looks_again_and_is_not_ready_past_a_refused_ca(
+        gate: OneGateServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """At boot a SuperNode looks at OneGate again: a rewritten CA is refused there too, and bootstrap
+    ends not ready at once (one-apps' net-99 then stays silent) even though Flower itself answers;
+    with the SuperLink's own CA back, the same bootstrap is ready."""
+    import time
+
+    from flower_ctx.commands import bootstrap as bs
+    from flower_ctx.health import Health
+
+    link, node, rogue = _service(gate)
+    genuine = make_ca_pem("genuine SuperLink CA")
+    _publish_ca(gate, link, genuine)
+    paths = Paths(tmp_path / "node")
+    cfg = load_config("supernode", {"FL_TLS_ENABLED": "YES"})
+    client = OneGateClient(access_for(gate, node))
+    boot.discover(cfg, paths, client, 5, lambda _: None)
+    monkeypatch.setattr(bs, "check", lambda *a, **k: Health(True, "SuperLink verified, SuperNode accepted"))
+    evil = make_ca_pem("attacker CA")
+    evil_fp = fingerprint(load_certs(evil)[0])
+    _rewrite_as(gate, rogue, link, {"FL_CA_CERT": base64.b64encode(evil).decode(), "FL_CA_FINGERPRINT": evil_fp})
+    said: list[str] = []
+    boot.look_again(cfg, paths, client, said.append)
+    t0 = time.monotonic()
+    health = bs._wait_health(cfg, paths, None, 30)
+    assert not health.ok and health.kind == "ca_refused" and time.monotonic() - t0 < 2  # no 30 s wait
+    assert evil_fp in health.detail and boot.pinned_ca(paths)["fingerprint"] in health.detail
+    assert said and evil_fp in said[0]
+
+    _publish_ca(gate, link, genuine)  # the SuperLink's own values again
+    boot.look_again(cfg, paths, client, said.append)
+    assert bs._wait_health(cfg, paths, None, 5).ok

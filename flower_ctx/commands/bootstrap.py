@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from ..boot import client_for, discover, needs_discovery, publish, publish_attributes
+from ..boot import client_for, discover, look_again, needs_discovery, pin_refusal, publish, publish_attributes
 from ..errors import EXIT_FAILED, FlowerCtxError
 from ..health import Health, check, runtime_doc
 from ..model import Config, Role
@@ -50,7 +50,8 @@ def _wait_health(config: Config, paths: Paths, sup: Any, wait: float,
     delay = 0.25
     restarted = time.monotonic()
     while True:
-        health = check(config, paths, sup)
+        refusal = pin_refusal(config, paths)
+        health = Health(False, refusal, kind="ca_refused") if refusal else check(config, paths, sup)
         if health.ok or time.monotonic() >= deadline:
             return health
         if interim is not None and time.monotonic() - start >= INTERIM_S:
@@ -66,7 +67,8 @@ def _wait_health(config: Config, paths: Paths, sup: Any, wait: float,
             if done:
                 say(f"flower-{config.role.value} {done} ({sup.manager}): not admitted yet, trying again")
         # A CA or name mismatch will not fix itself: stop waiting once Flower has had time to start.
-        if health.kind in ("ca_mismatch", "name_mismatch", "expired", "not_yet_valid", "bad_ca") and delay >= 2:
+        if health.kind == "ca_refused" or (
+                health.kind in ("ca_mismatch", "name_mismatch", "expired", "not_yet_valid", "bad_ca") and delay >= 2):
             return health
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 2, 5.0)
@@ -133,6 +135,8 @@ def command(role: str, context_file: Path | None, use_env: bool, root: Path | No
             say(publish(config, paths, client, Health(False, str(exc))))
             _start_watch(config, paths, sup, client, context_file)
             raise click.exceptions.Exit(EXIT_FAILED) from None
+    else:
+        look_again(config, paths, client, say)  # a CA pinned from OneGate: what is published now?
     if config.role is Role.SUPERNODE:
         publish_attributes(config, paths, client)  # its key first: the SuperLink admits it from OneGate
     if config.role is not Role.GATEWAY:  # a gateway runs no Flower: its service is forwarding
