@@ -385,3 +385,18 @@ def test_metrics_of_a_gateway() -> None:
     assert "flower_gateway_forwarding 1" in text
     assert 'flower_gateway_superlink_reachable{superlink="10.10.9.1:9092"} 0' in text
     assert 'flower_ready{role="gateway"} 0' in text
+
+
+def test_redirects_are_turned_off_where_the_kernel_would_send_them(tmp_path) -> None:
+    """The kernel sends an ICMP redirect out of an interface when its own send_redirects or ``all``'s
+    is on: every entry on is turned off, the others are left alone, and a second run changes nothing."""
+    from flower_ctx.wireguard.link import redirecting, stop_redirects
+
+    for name, value in (("all", "1"), ("default", "1"), ("eth0", "1"), ("lo", "0"), ("wg0", "1")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "send_redirects").write_text(value + "\n")
+    assert redirecting(tmp_path) == ["all", "default", "eth0", "wg0"]
+    assert stop_redirects(tmp_path) == ["all", "default", "eth0", "wg0"]
+    assert {p.name: (p / "send_redirects").read_text() for p in tmp_path.iterdir()} == dict.fromkeys(
+        ("all", "default", "eth0", "lo", "wg0"), "0\n")
+    assert stop_redirects(tmp_path) == [] and redirecting(tmp_path) == []

@@ -105,6 +105,10 @@ def test_gateway_forwards_and_supernodes_have_no_tunnel(site: GatewaySite) -> No
     gw = site.gw
     assert gw is not None
     assert gw.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip() == "1"
+    # It never redirects its SuperNodes (the lab's gateway-restart drill: while wg0 was missing, a
+    # one-NIC gateway sent them to the default gateway, cached for minutes).
+    assert gw.run(["sh", "-c", "cat /proc/sys/net/ipv4/conf/*/send_redirects"]).stdout.split() == ["0"] * len(
+        gw.run(["ls", "/proc/sys/net/ipv4/conf"]).stdout.split())
     # The MTU derived from the 1450 underlay (route to the hub's endpoint): 1450 - 80.
     assert "mtu 1370" in ip(gw, "link", "show", "wg0")
     assert "mtu 1420" in ip(site.hub, "link", "show", "wg0")  # the hub's underlay is 1500

@@ -131,6 +131,42 @@ def forwarding_enabled(path: Path = IP_FORWARD) -> bool:
         return False
 
 
+IPV4_CONF = Path("/proc/sys/net/ipv4/conf")
+
+
+def redirecting(conf: Path = IPV4_CONF) -> list[str]:
+    """The IPv4 conf entries (all, default, each interface) with send_redirects on."""
+    try:
+        entries = sorted(p.name for p in conf.iterdir())
+    except OSError:
+        return []
+    out = []
+    for name in entries:
+        try:
+            if (conf / name / "send_redirects").read_text().strip() == "1":
+                out.append(name)
+        except OSError:
+            continue
+    return out
+
+
+def stop_redirects(conf: Path = IPV4_CONF) -> list[str]:
+    """send_redirects off everywhere (an interface sends them when its own entry or ``all`` says so).
+    Why: a forwarding VM on its peers' own network (a site gateway with one NIC) routes a packet back
+    out the interface it came in on whenever wg0 is missing (a boot, a restart), and Linux then tells
+    the sender to use the default gateway instead; the SuperNode caches that redirect for minutes and
+    keeps sending tunnel traffic there (the lab's gateway-restart drill: 2 of 4 cut off). Returns the
+    entries turned off."""
+    done = []
+    for name in redirecting(conf):
+        try:
+            (conf / name / "send_redirects").write_text("0\n")
+        except OSError as exc:
+            raise ApplyError(f"cannot turn off ICMP redirects ({conf / name}): {exc.strerror}") from exc
+        done.append(name)
+    return done
+
+
 def enable_forwarding(path: Path = IP_FORWARD) -> None:
     """Turn IPv4 forwarding on (never off: something else on the VM may rely on it)."""
     try:
