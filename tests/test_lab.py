@@ -74,17 +74,26 @@ def lab_test(fn: F) -> F:
 
 @lab_test
 def test_up_and_train_across_three_zones(lab: Lab) -> None:
-    assert len(_lab_netns(lab.info["tag"])) == 7  # router + SuperLink + 3 SuperNode slots in B + 2 in C
+    # router + SuperLink and 2 SuperNode slots in A + 3 SuperNode slots in B + 2 in C
+    assert len(_lab_netns(lab.info["tag"])) == 9
     nodes = lab.supernodes()
     assert sorted((m["zone"], m["name"]) for m in nodes) == [
-        ("B", "supernode_0_(service_0)"), ("B", "supernode_1_(service_0)"),
-        ("C", "supernode_0_(service_0)"), ("C", "supernode_1_(service_0)")]
+        (z, f"supernode_{i}_(service_0)") for z in "ABC" for i in (0, 1)]
+    dialled = {"A": f"{lab.info['slots']['link']['ip']}:9092", "B": "10.10.9.1:9092", "C": "203.0.113.10:9092"}
     for m in nodes:
         ut = lab.user_template(m["slot"])
         assert ut["READY"] == "YES" and ut["FL_READY"] == "YES", ut
-        assert ut["FL_SUPERLINK"] == ("10.10.9.1:9092" if m["zone"] == "B" else "203.0.113.10:9092")
-        # Booted by one-apps only: net-90 ran configure and bootstrap, flower-ctx published READY.
-        assert m["jobs"][0]["kind"] == "boot" and m["jobs"][0]["result"]["status"] == "bootstrap_failure\n"
+        assert ut["FL_SUPERLINK"] == dialled[m["zone"]], (m["slot"], ut)
+        # Booted by one-apps only: net-90 ran configure and bootstrap, flower-ctx published READY. Zone A's
+        # found the SuperLink through OneGate and were admitted from their published keys during that boot;
+        # the training sites' boot ended not ready (not admitted yet, in B no hub yet).
+        status = "bootstrap_success\n" if m["zone"] == "A" else "bootstrap_failure\n"
+        assert m["jobs"][0]["kind"] == "boot" and m["jobs"][0]["result"]["status"] == status, m["jobs"][0]
+    # Zone A's SuperNodes pinned the CA they learnt from OneGate: the SuperLink's own.
+    ca_fp = lab.user_template("link")["FL_CA_FINGERPRINT"]
+    for slot in ("a1", "a2"):
+        pin = json.loads(lab.vm(slot).path("/etc/flower-ctx/ca-pin.json").read_text())
+        assert pin["fingerprint"] == ca_fp, pin
     for zone in "ABC":
         assert lab.service(zone)["state"] == "RUNNING"
     # Two VMs of one role, two tunnel addresses from the pool.
@@ -98,16 +107,17 @@ def test_up_and_train_across_three_zones(lab: Lab) -> None:
     assert own.stdout.strip() == "open" and other.returncode != 0
     result = lab.train(rounds=3)
     assert result["rounds"] == 3 and result["nodes"] == len(nodes) and result["failures"] == 0
-    assert result["error"] < 0.05  # FedAvg over four partitions converged toward the true model
-    # What the operator sees on the SuperLink: the four SuperNodes, in status and in the metrics.
+    assert result["error"] < 0.05  # FedAvg over six partitions converged toward the true model
+    # What the operator sees on the SuperLink: the six SuperNodes, in status and in the metrics.
     from tests.lab.drills_trust import federation
     from tests.lab.three_zone import wait_for
 
     fed = federation(lab)
-    online = [n for n in fed["supernodes"] if n["status"] == "online"]
-    assert fed["connected"] == 4 and len(online) == 4 and all(n["admitted"] for n in online), fed
+    online = [node for node in fed["supernodes"] if node["status"] == "online"]
+    n = len(nodes)
+    assert fed["connected"] == n and len(online) == n and all(node["admitted"] for node in online), fed
     _, text = lab.on_vm("link", "flower-ctx status", record=False, stdout_only=True)
-    assert "4 connected of 4 registered" in text and text.count("online, heartbeat") == 4, text
+    assert f"{n} connected of {n} registered" in text and text.count("online, heartbeat") == n, text
     prom = lab.link.path("/var/lib/prometheus/node-exporter/flower_ctx.prom")
 
     def scraped() -> dict[str, float]:
@@ -116,9 +126,9 @@ def test_up_and_train_across_three_zones(lab: Lab) -> None:
         text = prom.read_text() if prom.exists() else ""
         return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
-    wait_for(lambda: scraped().get("flower_supernodes_connected") == 4, 40, "the metrics to count 4 SuperNodes")
+    wait_for(lambda: scraped().get("flower_supernodes_connected") == n, 40, f"the metrics to count {n} SuperNodes")
     samples = scraped()
-    assert samples["flower_up"] == 1 and samples["flower_ready"] == 1 and samples["flower_supernodes_registered"] == 4
+    assert samples["flower_up"] == 1 and samples["flower_ready"] == 1 and samples["flower_supernodes_registered"] == n
 
 
 def _drill_params() -> list[object]:

@@ -7,7 +7,8 @@ router namespace on the zone gateway, port 5030, reachable from that zone only (
 input chain), and the OneFlow double (``tests/oneflow_double.py``) on top of it, both of the zone's
 OpenNebula version. The zones differ on purpose, to cover both schemas and both clients:
 
-    zone A  7.4.0   CLI (oneflow-template instantiate, prompted)   the coordinator (SuperLink)
+    zone A  7.4.0   CLI (oneflow-template instantiate, prompted)   the coordinator: the SuperLink and two
+                                                                   SuperNodes that find it through OneGate
     zone B  6.10.5  CLI (custom_attrs, $NAME substitution)         a training site over WireGuard
     zone C  7.2.0   Sunstone's form (web_instantiate, no base64)   a training site over the public NAT
 
@@ -55,6 +56,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.flower_envs import LAB_MINOR
+
 PREFIX = "fclab"
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = Path("/run/fclab")
@@ -63,12 +66,10 @@ PUBLIC_IP = "203.0.113.10"  # the SuperLink's "public" address (1:1 NAT in the r
 SUPERLINK_TEMPLATE_ID = 11  # the appliances' VM templates, as imported from the marketplace
 SUPERNODE_TEMPLATE_ID = 12
 
-# The Flower the lab's images carry: 1.39 by default (the main test virtualenv: the gRPC Fleet API, the
-# era the keepalive and NAT figures of the guide were measured on), or FLOWER_CTX_LAB_FLOWER=1.42
-# (.venv-flwr142: the HTTP era, what the appliance image bakes). CI runs 1.39; the 1.42 lab is the
-# slower job (README).
+# The Flower the lab's images carry (tests/flower_envs.LAB_MINOR): 1.42 by default (.venv-flwr142: the
+# HTTP era, what the appliance image bakes; CI runs it), or FLOWER_CTX_LAB_FLOWER=1.39 (the main test
+# virtualenv: the gRPC era; the slower job, README).
 LAB_FLOWERS = {"1.39": "1.39.0", "1.42": "1.42.0"}
-LAB_MINOR = os.environ.get("FLOWER_CTX_LAB_FLOWER", "1.39")
 
 
 def lab_flower() -> str:
@@ -107,11 +108,28 @@ class Zone:
         return f"198.18.{self.index}.1"
 
 
-ZONES = {
-    "A": Zone("A", 1, "7.4.0", "cli", {"superlink": ("link",)}, 100),
-    "B": Zone("B", 2, "6.10.5", "cli", {"supernode": ("b1", "b2", "b3")}, 200),
-    "C": Zone("C", 3, "7.2.0", "web", {"supernode": ("c1", "c2")}, 300),
-}
+# The lab's variants differ in zone B only: "per-node" (default), a WireGuard tunnel per SuperNode;
+# "gateway", one site gateway VM (the SuperNode image as role gateway, the zone's only tunnel) and
+# SuperNodes behind it without WireGuard (docs/site-gateways.md). Zone B then sits behind its own NAT
+# (ZONE_B_PUBLIC): the hub routes zone B's network into wg0, so the gateway's tunnel packets must not
+# come from that network.
+VARIANTS = ("per-node", "gateway")
+ZONE_B_PUBLIC = "203.0.113.20"
+
+
+def zones_for(variant: str) -> dict[str, Zone]:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown lab variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    b_slots = {"supernode": ("b1", "b2", "b3")} if variant == "per-node" else \
+        {"gateway": ("bg",), "supernode": ("b1", "b2", "b3", "b4")}
+    return {
+        "A": Zone("A", 1, "7.4.0", "cli", {"superlink": ("link",), "supernode": ("a1", "a2")}, 100),
+        "B": Zone("B", 2, "6.10.5", "cli", b_slots, 200),
+        "C": Zone("C", 3, "7.2.0", "web", {"supernode": ("c1", "c2")}, 300),
+    }
+
+
+ZONES = zones_for("per-node")  # the cloud process sets its variant's (serve --variant)
 
 ROUTER_NFT = """
 table ip fclab {
@@ -122,13 +140,16 @@ table ip fclab {
   chain postrouting {
     type nat hook postrouting priority srcnat; policy accept;
     ip saddr %(link)s oifname != "bz1" snat to %(public)s
-  }
+%(zone_b_nat)s  }
   chain forward {
     type filter hook forward priority filter; policy drop;
     ct state invalid drop
     ct state established,related accept
     ct status dnat accept
     iifname "bz1" accept
+    # A zone's network is one segment: its VMs reach each other (br_netfilter hands bridged packets here).
+    iifname "bz2" oifname "bz2" accept
+    iifname "bz3" oifname "bz3" accept
   }
   chain input {
     type filter hook input priority filter; policy accept;
@@ -143,7 +164,7 @@ table ip fclab {
 def hardware_template(zone: Zone, role: str) -> str:
     """The role's VM template as the appliance import leaves it: no CONTEXT yet (the operator adds
     it with ``onetemplate update ID FILE --append``, from ``flower-ctx oneflow vm-template``)."""
-    image = "Service FlowerSuperLink" if role == "superlink" else "Service FlowerSuperNode"
+    image = "Service FlowerSuperLink" if role == "superlink" else "Service FlowerSuperNode"  # gateway: SuperNode's
     return (f'NAME = "{image}"\nCPU = "1"\nVCPU = "2"\nMEMORY = "2048"\n'
             f'DISK = [ IMAGE = "{image}" ]\nNIC = [ NETWORK = "zone-{zone.letter.lower()}" ]\n')
 
@@ -228,8 +249,10 @@ class Cloud:
                     self.slots[name] = self.rig.add_vm(name, zone.index)
                     self.slot_zone[name], self.slot_role[name] = zone.letter, role
         link = self.slots[ZONES["A"].slots["superlink"][0]]
+        zone_b_nat = f'    ip saddr 198.18.2.0/24 oifname != "bz2" snat to {ZONE_B_PUBLIC}\n' \
+            if "gateway" in ZONES["B"].slots else ""
         self.rig.router_run("nft", "-f", "-", input=ROUTER_NFT % {
-            "public": PUBLIC_IP, "link": link.eth0_ip, "og": OG_PORT})
+            "public": PUBLIC_IP, "link": link.eth0_ip, "og": OG_PORT, "zone_b_nat": zone_b_nat})
         # Strict conntrack: a packet of a flow the NAT forgot is dropped, not picked up mid-stream.
         self.rig.router_run("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_loose=0")
         # Every slot becomes an appliance image of its role (two at a time: this is a 2-core machine).
@@ -237,7 +260,8 @@ class Cloud:
 
         def install(name: str) -> None:
             try:
-                oa.install(self.slots[name], self.slot_role[name], venv=venv)
+                image = "superlink" if self.slot_role[name] == "superlink" else "supernode"  # a gateway too
+                oa.install(self.slots[name], image, venv=venv)
             except BaseException as exc:  # reported below
                 errors.append(f"{name}: {exc}")
 
@@ -267,6 +291,8 @@ class Cloud:
                        on_vm_created=lambda rec, z=zone.letter: self._created(z, rec),
                        on_reconfigure=lambda rec, z=zone.letter: self._reconfigured(z, rec))
         for role in zone.slots:
+            if role == "gateway":
+                continue  # the gateway role uses the SuperNode's VM template (training-site-gateway)
             tid = SUPERLINK_TEMPLATE_ID if role == "superlink" else SUPERNODE_TEMPLATE_ID
             flow.add_vm_template(hardware_template(zone, role), tid)
         flow.start()
@@ -389,7 +415,7 @@ class Cloud:
         if op == "ping":
             return "pong"
         if op == "info":
-            return {"tag": self.rig.tag, "router": self.rig.router, "pid": os.getpid(),
+            return {"tag": self.rig.tag, "router": self.rig.router, "pid": os.getpid(), "variant": VARIANT,
                     "slots": {n: {"zone": self.slot_zone[n], "role": self.slot_role[n], "netns": vm.netns,
                                   "pid": vm.pid, "ip": str(vm.eth0_ip),
                                   "host": int(str(vm.eth0_ip).rsplit(".", 1)[1]), "index": vm.zone}
@@ -589,7 +615,12 @@ class _Server(socketserver.ThreadingUnixStreamServer):
     daemon_threads = True
 
 
-def serve(state_dir: Path) -> int:
+VARIANT = "per-node"
+
+
+def serve(state_dir: Path, variant: str = "per-node") -> int:
+    global ZONES, VARIANT
+    ZONES, VARIANT = zones_for(variant), variant
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     sock = state_dir / "cloud.sock"
     sock.unlink(missing_ok=True)
@@ -651,14 +682,15 @@ def request(state_dir: Path, op: str, timeout: float = 600, **args: Any) -> Any:
     return doc["result"]
 
 
-def start(state_dir: Path, timeout: float = 300) -> int:
+def start(state_dir: Path, timeout: float = 300, variant: str = "per-node") -> int:
     """Start the cloud process in the background (its own session); wait until it serves. Returns its pid."""
     import subprocess
 
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     log = open(state_dir / "cloud.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.lab.cloud", "serve", "--dir", str(state_dir)],
+        proc = subprocess.Popen([sys.executable, "-m", "tests.lab.cloud", "serve", "--dir", str(state_dir),
+                                 "--variant", variant],
                                 cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log,
                                 start_new_session=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     finally:
@@ -722,8 +754,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sv = sub.add_parser("serve")
     sv.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    sv.add_argument("--variant", choices=VARIANTS, default="per-node")
     args = ap.parse_args(argv)
-    return serve(args.dir)
+    return serve(args.dir, args.variant)
 
 
 if __name__ == "__main__":

@@ -674,9 +674,10 @@ def all_drills() -> dict[str, Callable[[Lab], dict[str, float]]]:
     """Every drill by name: this module's and those kept in their own modules (they use this
     module's helpers, so they are imported here, not at the top)."""
     from tests.lab.drills_day2 import DAY2_DRILLS
+    from tests.lab.drills_gateway import GATEWAY_DRILLS
     from tests.lab.drills_trust import TRUST_DRILLS
 
-    return {**DRILL_FUNCS, **TRUST_DRILLS, **DAY2_DRILLS}
+    return {**DRILL_FUNCS, **TRUST_DRILLS, **DAY2_DRILLS, **GATEWAY_DRILLS}
 
 
 def run_drill(lab: Lab, name: str) -> dict[str, float]:

@@ -1,7 +1,7 @@
 """The three-zone federation lab: one Flower federation across three simulated OpenNebula zones,
 created the way OpenNebula runs it.
 
-    python -m tests.lab.three_zone up | train | drill NAME | down | all
+    python -m tests.lab.three_zone [--variant per-node|gateway] up | train | drill NAME | down | all
 
 ``up`` starts the lab's cloud (``tests/lab/cloud.py``: per zone a OneGate and a OneFlow double of
 that zone's OpenNebula version, and pre-built appliance VMs booted through the one-apps double) in
@@ -17,10 +17,13 @@ stops the cloud by PID and removes everything; ``all`` does up, train, every dri
 
 Zone A (198.18.1.0/24, OpenNebula 7.4, CLI): the coordinator service, one SuperLink VM, which is
 also the WireGuard hub 10.10.9.1 and is reached from the WAN at 203.0.113.10 (1:1 NAT in the
-router). Zone B (198.18.2.0/24, 6.10.5, CLI): a training site of two SuperNodes over WireGuard, their
-tunnel addresses taken from the pool 10.10.9.64/27 (a third VM is kept for the scale drill).
-Zone C (198.18.3.0/24, 7.2, Sunstone): a training site of two SuperNodes dialling the public address
-with TLS. Each zone's OneGate answers that zone only.
+router), and two SuperNodes of zone A's own data that find it and its CA through OneGate. Zone B
+(198.18.2.0/24, 6.10.5, CLI): a training site of two SuperNodes over WireGuard, their tunnel
+addresses taken from the pool 10.10.9.64/27 (a third VM is kept for the scale drill); in the variant
+``gateway`` instead one site gateway (10.10.9.2, the zone's only tunnel) and three SuperNodes behind
+it without WireGuard (a fourth for the gateway-scale drill), zone B then behind a NAT of its own
+(203.0.113.20). Zone C (198.18.3.0/24, 7.2, Sunstone): a training site of two SuperNodes dialling
+the public address with TLS. Each zone's OneGate answers that zone only.
 
 Must run as root with ``ip netns``, wireguard-go and nftables. ``down`` (and every failure path of
 ``all``) leaves no namespace, interface, mount or process behind.
@@ -35,6 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -65,28 +69,42 @@ WG_POOL = "10.10.9.64/27"  # zone B's SuperNodes: host 2 + the VM's number in it
 VM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NAT_TIMEOUT_S = 12  # the aggressive NAT's established-timeout (drill "nat"): above keepalive 10 s, below heartbeat gaps
 
-# The lab's images carry Flower 1.39 by default (cloud.LAB_MINOR: FLOWER_CTX_LAB_FLOWER=1.42 for the
-# HTTP era); the operator answers that release in every zone (the templates offer the image's own
-# release, 1.42, by default, which flower-ctx would try to install at every configure: no network
-# here). The guide shows the default lab's answers; ``answers`` gives the ones this lab types.
-FLOWER = "1.39.0"
+# The lab's images carry Flower 1.42 by default (tests/flower_envs.LAB_MINOR; FLOWER_CTX_LAB_FLOWER=1.39
+# for the gRPC era), the image's own release, which the templates offer as FLOWER_VERSION's default:
+# the operator presses Enter there. The 1.39 lab answers 1.39.0 in every zone (the default would make
+# flower-ctx try to install 1.42 at every configure: no network here). The guide shows the default
+# lab's answers; ``answers`` gives the ones this lab types.
 ANSWERS = {  # what the operator types (zones A, B) or fills in (zone C); "" everywhere else
-    "A": {"FLOWER_VERSION": FLOWER, "FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
-    "B": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
+    "A": {"FL_CERT_EXTRA_SAN": f"IP:{PUBLIC_IP}"},
+    "B": {"FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
           "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092", "FL_NODE_CONFIG": "site=2", "FL_BOOTSTRAP_WAIT": "30",
           "FL_WG_ENABLED": "YES",
           "FL_WG_ADDRESS": WG_POOL,
           "FL_WG_PEER_PUBLIC_KEY": "<hub public key>", "FL_WG_PEER_ENDPOINT": f"{PUBLIC_IP}:51820",
           "FL_WG_PEER_ALLOWED_IPS": f"{HUB_WG}/32"},
-    "C": {"FLOWER_VERSION": FLOWER, "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
+    "C": {"FL_SSL_CA_CERTFILE": "<flower-ctx ca export>",
           "FL_SUPERLINK_ADDRESS": f"{PUBLIC_IP}:9092", "FL_NODE_CONFIG": "site=3", "FL_BOOTSTRAP_WAIT": "30"},
 }
 
 
 
-def answers(zone: str) -> dict[str, str]:
+GATEWAY_WG = "10.10.9.2"  # the zone-B site gateway's tunnel address (lab variant "gateway")
+# Zone B in the "gateway" variant: a training-site-gateway service (docs/site-gateways.md).
+ANSWERS_GATEWAY_B = {
+    "FL_SSL_CA_CERTFILE": "<flower-ctx ca export>", "FL_SUPERLINK_ADDRESS": f"{HUB_WG}:9092",
+    "FL_WG_ADDRESS": f"{GATEWAY_WG}/24", "FL_WG_PEER_PUBLIC_KEY": "<hub public key>",
+    "FL_WG_PEER_ENDPOINT": f"{PUBLIC_IP}:51820", "FL_WG_PEER_ALLOWED_IPS": "10.10.9.0/24",
+    "FL_GATEWAY_ROUTES": "10.10.9.0/24", "FL_NODE_CONFIG": "site=2", "FL_BOOTSTRAP_WAIT": "30",
+}
+
+
+def answers(zone: str, variant: str = "per-node") -> dict[str, str]:
     """What the operator answers in ZONE for this lab's Flower (the guide shows the default lab's)."""
-    return {**ANSWERS[zone], "FLOWER_VERSION": lab_flower()}
+    from flower_ctx.values import FLOWER_BAKED
+
+    flower = lab_flower()
+    given = ANSWERS_GATEWAY_B if (zone, variant) == ("B", "gateway") else ANSWERS[zone]
+    return {**given, **({"FLOWER_VERSION": flower} if flower != FLOWER_BAKED else {})}
 
 
 def lab_bin() -> Path:
@@ -100,7 +118,10 @@ WALKTHROUGH = [
     # zone A front-end
     "flower-ctx oneflow vm-template superlink > superlink-context.txt",
     f"onetemplate update {SUPERLINK_TEMPLATE_ID} superlink-context.txt --append",
-    f"flower-ctx oneflow template coordinator --superlink-template-id {SUPERLINK_TEMPLATE_ID} > coordinator.json",
+    "flower-ctx oneflow vm-template supernode > supernode-context.txt",
+    f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append",
+    f"flower-ctx oneflow template single-site --superlink-template-id {SUPERLINK_TEMPLATE_ID}"
+    f" --supernode-template-id {SUPERNODE_TEMPLATE_ID} > coordinator.json",
     "oneflow-template create coordinator.json",
     "oneflow-template instantiate 0",
     "oneflow show 0",
@@ -110,12 +131,10 @@ WALKTHROUGH = [
     "flower-ctx wg key",
     # zone B front-end (OpenNebula 6.10)
     "flower-ctx oneflow vm-template supernode --opennebula 6.10 > supernode-context.txt",
-    f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append",
     f"flower-ctx oneflow template training-site --opennebula 6.10 --supernode-template-id {SUPERNODE_TEMPLATE_ID}"
     " > training-site.json",
     "oneflow-template create training-site.json",
     # zone C front-end (OpenNebula 7)
-    "flower-ctx oneflow vm-template supernode > supernode-context.txt",
     f"flower-ctx oneflow template training-site --supernode-template-id {SUPERNODE_TEMPLATE_ID} > training-site.json",
     # the training sites' SuperNode VMs
     "flower-ctx wg peer",
@@ -127,7 +146,10 @@ WALKTHROUGH = [
     "flwr run . lab --stream",
 ]
 DRILLS = ["tunnel", "readiness-outage", "superlink-restart", "wrong-ca", "san-missing", "bad-context",
-          "zone-b-first", "scale", "rogue", "lockout", "firewall", "renewal", "rotation", "restore", "nat"]
+          "zone-b-first", "scale", "rogue", "onegate-rewrite", "lockout", "firewall", "renewal", "rotation", "restore",
+          "nat"]
+# The drills of the lab variant "gateway" (zone B behind one site gateway: tests/lab/drills_gateway.py).
+GATEWAY_VARIANT_DRILLS = ["gateway-scale", "gateway-restart", "gateway-throughput"]
 # Beyond CI's 30-minute budget: run by `all` and by the test suite with FLOWER_CTX_FULL_SUITE=1 only.
 FULL_SUITE_DRILLS = {"rotation"}
 
@@ -318,13 +340,13 @@ class Lab:
         return cls(doc["info"], doc["state"])
 
     @classmethod
-    def start(cls) -> Lab:
+    def start(cls, variant: str = "per-node") -> Lab:
         """Start the cloud process (a previous lab is removed first) and the operator's tools."""
         from tests.lab.one_cli import install_shims
 
         down()
         t0 = time.monotonic()
-        pid = cloud.start(STATE_DIR)
+        pid = cloud.start(STATE_DIR, variant=variant)
         lab = cls(cloud.request(STATE_DIR, "info"))
         lab.state["cloud_pid"] = pid
         install_shims(STATE_DIR)
@@ -343,20 +365,26 @@ class Lab:
 
     def up(self) -> None:
         t0 = time.monotonic()
-        # Zone A: the coordinator service (OpenNebula 7.4, the CLI).
+        # Zone A: the coordinator service (OpenNebula 7.4, the CLI): the SuperLink and, as its `straight`
+        # children, two SuperNodes of zone A's own data that find it (address and CA) through OneGate and
+        # are admitted from the keys they publish there (FL_SUPERNODE_AUTH_ONEGATE).
         self.front_end("A", "flower-ctx oneflow vm-template superlink > superlink-context.txt")
         self.front_end("A", f"onetemplate update {SUPERLINK_TEMPLATE_ID} superlink-context.txt --append")
-        self.front_end("A", "flower-ctx oneflow template coordinator --superlink-template-id "
-                            f"{SUPERLINK_TEMPLATE_ID} > coordinator.json")
+        self.front_end("A", "flower-ctx oneflow vm-template supernode > supernode-context.txt")
+        self.front_end("A", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
+        self.front_end("A", f"flower-ctx oneflow template single-site --superlink-template-id {SUPERLINK_TEMPLATE_ID}"
+                            f" --supernode-template-id {SUPERNODE_TEMPLATE_ID} > coordinator.json")
         sid = self.instantiate_cli("A", "coordinator.json", answers("A"))
         self.state["services"] = {"A": sid}
-        self.wait_service("A", "RUNNING", 180)
+        self.wait_service("A", "RUNNING", 240)
         _, shown = self.front_end("A", f"oneflow show {sid}")
         link = self.machine("link")
         self.state["link_vmid"] = link["vmid"]
         self.figures["up.zone_a_s"] = time.monotonic() - t0
-        log(f"up: zone A: service {sid} RUNNING, SuperLink VM {link['vmid']} {link['name']} READY "
-            f"({self.figures['up.zone_a_s']:.1f}s)")
+        local = [m for m in self.machines("A", "supernode")]
+        log(f"up: zone A: service {sid} RUNNING, SuperLink VM {link['vmid']} {link['name']} and SuperNode VMs "
+            f"{', '.join(str(m['vmid']) for m in local)} READY ({self.figures['up.zone_a_s']:.1f}s; the SuperNodes "
+            "found it and were admitted through OneGate)")
         # On the SuperLink VM: what the training sites need.
         self.on_vm("link", "flower-ctx status")
         _, ca = self.on_vm("link", "flower-ctx ca export", stdout_only=True)
@@ -365,6 +393,9 @@ class Lab:
         self.state["hub_pub"] = self.on_vm("link", "flower-ctx wg key", stdout_only=True)[1].strip()
         self.save()
         fill = {"<flower-ctx ca export>": self.state["ca_b64"], "<hub public key>": self.state["hub_pub"]}
+        if self.info.get("variant") == "gateway":
+            self._up_behind_a_gateway(t0, fill)
+            return
         # Zone B: a training site over WireGuard (OpenNebula 6.10.5, the CLI: the CA typed is
         # base64-encoded once more by the CLI).
         t1 = time.monotonic()
@@ -374,20 +405,11 @@ class Lab:
                             f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
         values_b = {k: fill.get(v, v) for k, v in answers("B").items()}
         self.state["services"]["B"] = self.instantiate_cli("B", "training-site.json", values_b)
-        # Zone C: a training site over the public address (OpenNebula 7.2, Sunstone's form).
-        self.front_end("C", "flower-ctx oneflow vm-template supernode > supernode-context.txt")
-        self.front_end("C", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
-        self.front_end("C", "flower-ctx oneflow template training-site --supernode-template-id "
-                            f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
-        _, out = self.front_end("C", "oneflow-template create training-site.json")
-        tid = int(re.search(r"ID: (\d+)", out).group(1))  # type: ignore[union-attr]
-        values_c = {k: fill.get(v, v) for k, v in answers("C").items()}
-        self.state["services"]["C"] = self.request("web-instantiate", zone="C", id=tid, values=values_c)
-        self.save()
+        self._zone_c(fill)
         # The SuperNodes boot (configure + bootstrap by one-apps); not admitted and, in zone B, without
         # a hub yet, they are not ready: bootstrap exits 1, net-99 stays silent, the services DEPLOYING.
         boots = self.wait_jobs(timeout=300)
-        nodes = [m for m in boots if m["role"] == "supernode"]
+        nodes = [m for m in boots if m["role"] == "supernode" and m["zone"] != "A"]
         self.figures["up.sites_boot_s"] = max(j["ended"] - j["started"] for m in nodes for j in m["jobs"])
         for m in nodes:
             result = m["jobs"][-1]["result"] or {}
@@ -435,15 +457,87 @@ class Lab:
             raise LabError(f"a secret where none may be: {scan['found_in']}")
         self.figures["up_s"] = time.monotonic() - t0
         self.save()
-        log(f"up: {len(nodes)} SuperNodes READY in zones B and C ({self.figures['up_s']:.1f}s)")
+        log(f"up: {len(nodes)} SuperNodes READY in zones B and C, {len(local)} in zone A "
+            f"({self.figures['up_s']:.1f}s)")
+
+    def _zone_c(self, fill: dict[str, str]) -> None:
+        """Zone C: a training site over the public address (OpenNebula 7.2, Sunstone's form)."""
+        self.front_end("C", "flower-ctx oneflow vm-template supernode > supernode-context.txt")
+        self.front_end("C", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
+        self.front_end("C", "flower-ctx oneflow template training-site --supernode-template-id "
+                            f"{SUPERNODE_TEMPLATE_ID} > training-site.json")
+        _, out = self.front_end("C", "oneflow-template create training-site.json")
+        tid = int(re.search(r"ID: (\d+)", out).group(1))  # type: ignore[union-attr]
+        values_c = {k: fill.get(v, v) for k, v in answers("C").items()}
+        self.state["services"]["C"] = self.request("web-instantiate", zone="C", id=tid, values=values_c)
+        self.save()
+
+    def _up_behind_a_gateway(self, t0: float, fill: dict[str, str]) -> None:
+        """Lab variant "gateway": zone B is a training-site-gateway service (docs/site-gateways.md): one
+        site gateway (the zone's only tunnel) and three SuperNodes without WireGuard, its `straight`
+        children, created once the gateway is READY. The hub lists the gateway alone."""
+        t1 = time.monotonic()
+        self.front_end("B", "flower-ctx oneflow vm-template supernode --opennebula 6.10 > supernode-context.txt")
+        self.front_end("B", f"onetemplate update {SUPERNODE_TEMPLATE_ID} supernode-context.txt --append")
+        self.front_end("B", "flower-ctx oneflow template training-site-gateway --opennebula 6.10 "
+                            f"--supernode-template-id {SUPERNODE_TEMPLATE_ID} --supernodes 3 > training-site.json")
+        values_b = {k: fill.get(v, v) for k, v in answers("B", "gateway").items()}
+        self.state["services"]["B"] = self.instantiate_cli("B", "training-site.json", values_b)
+        self._zone_c(fill)
+        boots = self.wait_jobs(timeout=300)
+        gw = next(m for m in boots if m["role"] == "gateway")
+        ut = self.user_template(gw["slot"])
+        if ut.get("READY") == "YES":
+            raise LabError(f"the gateway is READY before the hub lists it: {ut}")
+        if any(m["zone"] == "B" and m["role"] == "supernode" for m in boots):
+            raise LabError("zone B's SuperNodes were created before their gateway was READY")
+        log(f"up: zone B gateway VM {gw['vmid']} ({gw['slot']}): FL_READY={ut.get('FL_READY')} "
+            f"FL_ERROR={ut.get('FL_ERROR', '')[:100]!r}; its SuperNodes wait for it (straight)")
+        # The gateway's [Peer] (its tunnel address and zone B's network), zone C's keys, into the hub.
+        peer = self.on_vm(gw["slot"], "flower-ctx wg peer", stdout_only=True)[1].strip()
+        c_nodes = [m for m in boots if m["zone"] == "C"]
+        keys = [self.on_vm(m["slot"], "flower-ctx node key", stdout_only=True)[1].strip() for m in c_nodes]
+        t2 = time.monotonic()
+        self.updateconf("link", {"FL_WG_ENABLED": "YES", "FL_WG_ADDRESS": f"{HUB_WG}/24", "FL_WG_PEERS": peer,
+                                 "FL_SUPERNODE_PUBLIC_KEYS": "\n".join(keys)}, "superlink-update.txt")
+        self.wait_ready([gw["slot"]], 120, "after the hub listed it")
+        gw_ready = time.monotonic() - t2
+        # OneFlow now creates zone B's SuperNodes; they boot, route through the gateway, wait for admission.
+        wait_for(lambda: len(self.machines("B", "supernode")) == 3, 120, "zone B's SuperNodes to be created")
+        b_nodes = [m for m in self.wait_jobs("B", timeout=300) if m["role"] == "supernode"]
+        for m in b_nodes:
+            err = self.user_template(m["slot"]).get("FL_ERROR", "")
+            if "waiting for it to accept" not in err:
+                raise LabError(f"{m['slot']} does not reach the SuperLink through the gateway: {err!r}")
+        keys += [self.on_vm(m["slot"], "flower-ctx node key", stdout_only=True)[1].strip() for m in b_nodes]
+        self.state["peers"], self.state["keys"] = [peer], keys
+        self.save()
+        t3 = time.monotonic()
+        self.updateconf("link", {"FL_SUPERNODE_PUBLIC_KEYS": "\n".join(keys)}, "admit-zone-b.txt")
+        nodes = b_nodes + c_nodes
+        self.wait_ready([m["slot"] for m in nodes], 180, "after the SuperLink admitted them")
+        for zone in ("B", "C"):
+            self.wait_service(zone, "RUNNING", 60)
+        self.figures["up.gateway_ready_after_hub_s"] = gw_ready
+        self.figures["up.nodes_ready_after_admission_s"] = time.monotonic() - t3
+        self.figures["up_s"] = time.monotonic() - t0
+        self.save()
+        scan = self.request("scan", texts=self.outputs)
+        if scan["found_in"]:
+            raise LabError(f"a secret where none may be: {scan['found_in']}")
+        log(f"up: gateway READY {gw_ready:.1f}s after the hub listed it; zone B's 3 SuperNodes (no WireGuard) "
+            f"created then, admitted by a second updateconf; {len(nodes)} SuperNodes READY in zones B and C, 2 in "
+            f"zone A ({self.figures['up_s']:.1f}s; zone B {time.monotonic() - t1:.1f}s after its instantiate)")
 
     # ------------------------------------------------------------------ train
 
     def train(self, rounds: int = 3, round_sleep: float = 0, timeout: float = 300,
-              nodes: int | None = None, min_nodes: int | None = None) -> dict[str, float]:
+              nodes: int | None = None, min_nodes: int | None = None,
+              progress: list[tuple[float, int, int]] | None = None) -> dict[str, float]:
         """`flwr run` on the SuperLink VM (Control API on its loopback); returns the parsed result.
         ``nodes``: how many must train (default: every SuperNode powered on); ``min_nodes``: the app's
-        min-nodes (default 4: the ServerApp waits for that many before the first round)."""
+        min-nodes (default 4: the ServerApp waits for that many before the first round). ``progress``:
+        gets (monotonic time, replies, failures) as each round's aggregation is logged."""
         expected = len(self.supernodes()) if nodes is None else nodes
         home = self.link.path("/opt/flower/cli")
         home.mkdir(exist_ok=True)
@@ -460,8 +554,12 @@ class Lab:
             cmd += f" min-nodes={min_nodes}'" if min_nodes is not None else "'"
         self.ran.append(cmd)
         start = time.monotonic()
-        r = self.link.run(["env", "-C", "/opt/flower/app", "FLWR_HOME=/opt/flower/cli", "FLWR_TELEMETRY_ENABLED=0",
-                           f"PATH={VM_PATH}", "sh", "-c", cmd], check=False, timeout=timeout)
+        argv = ["env", "-C", "/opt/flower/app", "FLWR_HOME=/opt/flower/cli", "FLWR_TELEMETRY_ENABLED=0",
+                f"PATH={VM_PATH}", "sh", "-c", cmd]
+        if progress is None:
+            r = self.link.run(argv, check=False, timeout=timeout)
+        else:
+            r = self._streamed(argv, timeout, progress)
         took = time.monotonic() - start
         out = r.stdout + r.stderr
         self.outputs.append(out)
@@ -474,9 +572,31 @@ class Lab:
         self.last_errors = re.findall(r"Received error in reply from node \d+: (.*)", out)
         if result["rounds"] != rounds or result["nodes"] < expected:
             raise LabError(f"expected {rounds} rounds by at least {expected} SuperNodes, got {result}")
-        log(f"train: {rounds} round(s) completed, each by {int(result['nodes'])} SuperNodes in zones B and C, "
+        log(f"train: {rounds} round(s) completed, each by {int(result['nodes'])} SuperNodes in zones A, B and C, "
             f"in {took:.1f}s; distance to the true model {result['error']:.4f}")
         return result
+
+    def _streamed(self, argv: list[str], timeout: float,
+                  progress: list[tuple[float, int, int]]) -> subprocess.CompletedProcess[str]:
+        """``link.run`` that notes each round's aggregation as its line arrives (killed by PID at timeout)."""
+        from tests.runtime_helpers import kill_tree
+
+        proc = self.link.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               text=True, start_new_session=True)
+        timer = threading.Timer(timeout, kill_tree, args=(proc.pid,))
+        timer.start()
+        lines = []
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line)
+                m = re.search(r"aggregate_train: Received (\d+) results and (\d+) failures", line)
+                if m:
+                    progress.append((time.monotonic(), int(m.group(1)), int(m.group(2))))
+            proc.wait()
+        finally:
+            timer.cancel()
+        return subprocess.CompletedProcess(argv, proc.returncode, "".join(lines), "")
 
 
 def down() -> list[str]:
@@ -500,9 +620,9 @@ def down() -> list[str]:
 
 
 @contextmanager
-def lab_session() -> Iterator[Lab]:
+def lab_session(variant: str = "per-node") -> Iterator[Lab]:
     """A lab that is torn down whatever happens (the test suite and `all` use this)."""
-    lab = Lab.start()
+    lab = Lab.start(variant)
     try:
         yield lab
     finally:
@@ -513,12 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     from tests.lab.drills import run_drill
 
     ap = argparse.ArgumentParser(prog="three_zone", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variant", choices=cloud.VARIANTS, default="per-node",
+                    help="zone B with a tunnel per SuperNode (default) or behind one site gateway (up, all)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up")
     tr = sub.add_parser("train")
     tr.add_argument("--rounds", type=int, default=3)
     dr = sub.add_parser("drill")
-    dr.add_argument("name", choices=DRILLS)
+    dr.add_argument("name", choices=DRILLS + GATEWAY_VARIANT_DRILLS)
     sub.add_parser("down")
     sub.add_parser("all")
     args = ap.parse_args(argv)
@@ -529,13 +651,14 @@ def main(argv: list[str] | None = None) -> int:
         log(f"down: removed {len(down())} namespaces")
         return 0
     if args.cmd == "all":
-        return run_all()
+        return run_all(args.variant)
     if args.cmd == "up":
-        lab = Lab.start()
+        lab = Lab.start(args.variant)
         try:
             lab.up()
         except BaseException:
-            down()
+            if os.environ.get("FLOWER_CTX_LAB_KEEP") != "1":  # kept to look into: `down` removes it
+                down()
             raise
         report(lab)
         return 0
@@ -567,14 +690,15 @@ def report(lab: Lab) -> None:
         log(f"figure {key} = {value:.2f}")
 
 
-def run_all() -> int:
+def run_all(variant: str = "per-node") -> int:
     """up, train, every drill, down; exit 0 only when all passed and nothing was left behind."""
     from tests.lab.drills import run_drill
 
     failed: list[str] = []
     done: list[str] = []
+    drills = DRILLS if variant == "per-node" else GATEWAY_VARIANT_DRILLS
     t0 = time.monotonic()
-    with lab_session() as lab:
+    with lab_session(variant) as lab:
         tag = lab.info["tag"]
         try:
             lab.up()
@@ -584,7 +708,7 @@ def run_all() -> int:
         except Exception as exc:  # nothing to drill without a federation
             failed.append("up/train")
             log(f"up/train: FAILED: {exc}")
-        for name in DRILLS if not failed else []:
+        for name in drills if not failed else []:
             try:
                 run_drill(lab, name)
                 done.append(name)
@@ -597,7 +721,7 @@ def run_all() -> int:
     if left:
         failed.append("down")
         log(f"down: left behind {left}")
-    skipped = len(DRILLS) + 1 - len(done) - len([f for f in failed if f != "down"])
+    skipped = len(drills) + 1 - len(done) - len([f for f in failed if f != "down"])
     log(f"all: {len(done)} passed, {len(failed)} failed, {skipped} not run, in {time.monotonic() - t0:.0f}s"
         + (f" ({', '.join(failed)})" if failed else " (up+train, every drill, down)"))
     return 1 if failed else 0
