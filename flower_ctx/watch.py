@@ -212,15 +212,27 @@ class Watch:
         Flower restarted to trust it (its gRPC channel's roots are fixed at start)."""
         from . import tls
         from .files import read_file
+        from .pem import fingerprint, load_certs
         from .supervisor import for_machine
 
+        if trusted is None:
+            return
         try:
-            if trusted is None or read_file(self.paths.ca_cert) == trusted:
-                return
+            installed = read_file(self.paths.ca_cert)
         except (OSError, FlowerCtxError):
-            pass
+            installed = b""
+        if installed == trusted:
+            return
+        # The same CAs in another order (--finish puts the next one first): Flower trusts a set, so
+        # the file follows without a restart (a restart in the middle of a run loses a reply).
+        try:
+            same = {fingerprint(c) for c in load_certs(installed)} == {fingerprint(c) for c in load_certs(trusted)}
+        except FlowerCtxError:  # nothing (or nothing usable) installed: install, and restart
+            same = False
         with machine_lock(self.paths, wait=False):
             tls.install_trusted_ca(trusted, self.paths)
+            if same:
+                return
             sup = for_machine(self.paths)
             if sup.state(self.role).running:
                 self.say(f"the SuperLink's CA bundle changed (rotation): flower-{self.role} "

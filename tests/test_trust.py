@@ -270,3 +270,37 @@ def test_bootstrap_after_a_reboot_looks_again_and_is_not_ready_past_a_refused_ca
     _publish_ca(gate, link, genuine)  # the SuperLink's own values again
     boot.look_again(cfg, paths, client, said.append)
     assert bs._wait_health(cfg, paths, None, 5).ok
+
+
+def test_a_reordered_bundle_is_installed_without_restarting_flower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                    ) -> None:
+    """`ca rotate --finish` puts the next CA first in what the SuperLink publishes: a SuperNode that takes
+    its bundle from OneGate installs the new order but does not restart Flower for it (same CAs: a
+    restart mid-run loses a reply, as the lab's rotation drill showed); a bundle with other CAs does."""
+    from flower_ctx import supervisor
+    from flower_ctx.watch import Watch
+
+    one, nxt, other = (make_ca_pem(n) for n in ("one", "next", "other"))
+    paths = Paths(tmp_path)
+    paths.ca_cert.parent.mkdir(parents=True)
+    paths.ca_cert.write_bytes(one + nxt)
+    restarts: list[str] = []
+
+    class Running:
+        running = True
+
+    class Sup:
+        def state(self, role: str) -> Running:
+            return Running()
+
+        def ensure_running(self, role: str) -> str:
+            restarts.append(role)
+            return "restarted"
+
+    monkeypatch.setattr(supervisor, "for_machine", lambda p: Sup())
+    w = Watch("supernode", paths, say=lambda _: None)
+    cfg = load_config("supernode", {"FL_TLS_ENABLED": "YES"})
+    w._take_bundle(cfg, nxt + one)
+    assert paths.ca_cert.read_bytes() == nxt + one and restarts == []
+    w._take_bundle(cfg, nxt + other)
+    assert paths.ca_cert.read_bytes() == nxt + other and restarts == ["supernode"]
