@@ -2,9 +2,10 @@
 # The whole test suite on a fresh machine: system packages (when root), two virtualenvs, then pytest.
 # Extra arguments go to pytest.
 #   .venv            the project with its test extra and Flower 1.39 (flower139 extra): pytest runs here;
-#                    the three-zone lab and the gRPC-era tests start Flower from it
+#                    the gRPC-era tests (and the lab with FLOWER_CTX_LAB_FLOWER=1.39) start Flower from it
 #   .venv-flwr142    the project (editable) with the flower extra, Flower 1.42 (what the image bakes):
-#                    the HTTP-era tests start Flower, flower-ctx run and flwr from it (tests/flower_envs.py)
+#                    the HTTP-era tests and the three-zone lab start Flower, flower-ctx run and flwr from it
+#                    (tests/flower_envs.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 

@@ -129,6 +129,8 @@ def look_again(config: Config, paths: Paths, client: Any, say: Callable[[str], N
         pin_check(paths, found.ca_pem, found.ca_fingerprint, found.vm_id)
     except CaPinError as exc:
         say(f"refused: {exc}")
+    except FlowerCtxError as exc:  # the pin record not writable (a full disk): the boot goes on, the watch retries
+        log.warning("could not check the published CA against the pin: %s", exc)
 
 
 def discover(config: Config, paths: Paths, client: Any, wait: float, say: Callable[[str], None]) -> HostPort:

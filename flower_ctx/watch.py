@@ -313,9 +313,10 @@ class Watch:
         OneGate held other values than this VM published, i.e. someone rewrote them (any VM of the
         service may: PUT /vms/ID). They are ours again now; say which, so the operator can look for
         the writer."""
+        # The role's own attributes only: readiness attributes are also written by this VM's bootstrap
+        # and one-apps, so a difference there accuses nobody (it is corrected all the same).
         doc = agentstate.read_or_none(self.paths, "publication.json") or {}
-        names = [n for n in doc.get("sent") or []
-                 if (n in wanted and self._wanted.get(n) == wanted[n]) or n in ("READY", "FL_READY", "FL_ERROR")]
+        names = [n for n in doc.get("sent") or [] if n in wanted and self._wanted.get(n) == wanted[n]]
         if names:
             self.say(f"OneGate held other values for {', '.join(names)} than this VM published (another VM of "
                      "the service can rewrite them): published this VM's again")

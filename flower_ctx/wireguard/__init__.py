@@ -449,6 +449,7 @@ def apply(config: Config, paths: Paths, *, dry_run: bool = False) -> StepResult:
         result.skipped.extend(SKIPPED)
         if wg.forward:
             result.skipped.append("net.ipv4.ip_forward=1 (FL_WG_FORWARD=YES)")
+            result.skipped.append("net.ipv4.conf.*.send_redirects=0 (a forwarding VM)")
         return result
     if key is None:  # dry run on a VM with no key yet: the live diff needs one
         key = generate_private_key()

@@ -205,6 +205,7 @@ def drill_rotation(lab: Lab) -> dict[str, float]:
     bundle = lab.on_vm("link", "flower-ctx ca export", record=False, stdout_only=True)[1].strip()
     slots = [m["slot"] for m in lab.supernodes() if m["zone"] != "A"]
     local = zone_slots(lab, "A")  # they pinned the CA from OneGate: they take the bundle from there
+    local_pids = {s: lab.flower_pid(s, "supernode") for s in local}
     t0 = time.monotonic()
     for slot in slots:  # the operator, zone by zone: FL_SSL_CA_CERTFILE = the bundle
         result = lab.updateconf(slot, {"FL_SSL_CA_CERTFILE": bundle}, "ca-bundle.txt")
@@ -220,7 +221,9 @@ def drill_rotation(lab: Lab) -> dict[str, float]:
 
     # Zone A's SuperNodes: the SuperLink publishes the bundle (its next resync) and their watch takes it
     # (its next look at OneGate: the bundle holds the CA they pinned), restarting Flower once to trust it.
-    wait_for(lambda: all(trusts_next(s) for s in local), 150, "zone A's SuperNodes to take the bundle from OneGate")
+    # Taken = installed and Flower restarted on it (the file is written just before the restart).
+    wait_for(lambda: all(trusts_next(s) and lab.flower_pid(s, "supernode") != local_pids[s] for s in local), 150,
+             "zone A's SuperNodes to take the bundle from OneGate")
     wait_ready(lab, local, 120, "with the bundle from OneGate")
     local_took = time.monotonic() - t0
     lab.state["ca_b64"] = bundle
@@ -245,7 +248,11 @@ def drill_rotation(lab: Lab) -> dict[str, float]:
     finally:
         runner.join(320)
     res = finished(runner, box, "the rotation", len(pids))
-    _check(node_pids(lab) == pids, "a SuperNode was restarted after --finish")
+    moved = sorted(s for s, pid in node_pids(lab).items() if pids.get(s) != pid)
+    if moved:
+        said = {s: [ln for ln in lab.vm(s).path("/opt/flower/run/watch-supernode.log").read_text(
+            errors="replace").splitlines() if "flower-supernode" in ln][-3:] for s in moved}
+        _check(False, f"SuperNodes restarted after --finish: {said}")
     lab.on_vm("link", "flower-ctx ca rotate --drop-old", record=False)
     new_fp = lab.user_template("link").get("FL_CA_FINGERPRINT")
     log(f"drill rotation: `ca rotate` on the SuperLink (next CA {next_fp[:23]}...); the bundle given to the "

@@ -131,6 +131,11 @@ def drill_gateway_restart(lab: Lab) -> dict[str, float]:
         lost += attempts
     restarted = sorted(s for s in b_slots if lab.flower_pid(s, "supernode") != pids[s])
     wait_ready(lab, b_slots, 120, "after the gateway's reboot")
+    # What the guide says of a gateway restart: the run goes on, the zone's SuperNodes keep their Flower
+    # (their connections resume through the rebooted gateway) and train again within seconds.
+    _check("error" not in box, f"the run failed across the gateway's reboot: {box.get('error')}")
+    _check(not restarted, f"zone-B SuperNodes restarted their Flower: {restarted}")
+    _check(back < 60, f"every SuperNode trained again only {back:.1f}s after the reboot began")
     log(f"drill gateway-restart: gateway {gw} rebooted after round {len([p for p in progress if p[0] <= t0])} of "
         f"a 5-round run: its boot ended and READY again {gw_ready:.1f}s later; every SuperNode behind it (and "
         f"everyone else) trained again {back:.1f}s after the reboot began (the first round with all {everyone} "
