@@ -304,3 +304,42 @@ def test_a_reordered_bundle_is_installed_without_restarting_flower(tmp_path: Pat
     assert paths.ca_cert.read_bytes() == nxt + one and restarts == []
     w._take_bundle(cfg, nxt + other)
     assert paths.ca_cert.read_bytes() == nxt + other and restarts == ["supernode"]
+
+
+def test_a_rewritten_endpoint_is_followed_only_when_the_old_one_is_dead_and_the_new_one_proves_the_pin(
+        gate: OneGateServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA is public, so an attacker in the service can publish the genuine CA with its own address.
+    A SuperNode's watch moves to a newly published endpoint only when the one it uses no longer answers
+    and the new one completes a handshake verified with the pinned CA (which the attacker, without the
+    CA's key, cannot). The probes are scripted here; tests of health.probe cover the handshake itself."""
+    from flower_ctx import health
+    from flower_ctx.health import runtime_doc, runtime_target
+    from flower_ctx.watch import Watch
+
+    link, node, rogue = _service(gate)
+    genuine = make_ca_pem("genuine SuperLink CA")
+    _publish_ca(gate, link, genuine)  # FL_ENDPOINT 192.0.2.10:9092
+    paths = Paths(tmp_path / "node")
+    cfg = load_config("supernode", {"FL_TLS_ENABLED": "YES", "ONEGATE_ENDPOINT": gate.url, "VMID": str(node.id)},
+                      token=node.token)
+    boot.discover(cfg, paths, OneGateClient(access_for(gate, node)), 5, lambda _: None)
+    dialled = lambda: str(runtime_target(runtime_doc(paths, "supernode")))  # noqa: E731
+    assert dialled() == "192.0.2.10:9092"
+    _rewrite_as(gate, rogue, link, {"FL_ENDPOINT": "192.0.2.66:9092"})  # the genuine CA, the attacker's address
+
+    class Probe:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+    answers: dict[str, bool] = {}
+    monkeypatch.setattr(health, "probe_with_local_ca",
+                        lambda p, target, timeout, source=None: Probe(answers[str(target)]))
+    w = Watch("supernode", paths, say=lambda _: None,
+              client_factory=lambda access: OneGateClient(access, timeout=2, retries=0))
+    for current_ok, new_ok in ((True, True), (True, False), (False, False)):
+        answers.update({"192.0.2.10:9092": current_ok, "192.0.2.66:9092": new_ok})
+        w._recheck_publication(cfg)
+        assert dialled() == "192.0.2.10:9092", (current_ok, new_ok)  # not followed
+    answers.update({"192.0.2.10:9092": False, "192.0.2.66:9092": True})  # a real move: proves the pinned CA
+    w._recheck_publication(cfg)
+    assert dialled() == "192.0.2.66:9092"
