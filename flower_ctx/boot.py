@@ -99,10 +99,15 @@ def pin_check(paths: Paths, ca_pem: bytes | None, fingerprint: str | None, vm_id
     raise CaPinError(refusal_message(str(pin.get("fingerprint")), refused["fingerprint"], vm_id))
 
 
+def ca_from_onegate(config: Config) -> bool:
+    """A SuperNode with TLS and no FL_SSL_CA_CERTFILE: its CA is the one it learnt (and pinned) from OneGate."""
+    return config.role is Role.SUPERNODE and config.tls_enabled and config.pki.ca_pem is None
+
+
 def pin_refusal(config: Config, paths: Paths) -> str | None:
     """Why a SuperNode whose CA came from OneGate is not ready while a CA it refused stands (None:
     no refusal). Bootstrap and the readiness watch both ask, so neither reports READY past it."""
-    if config.role is not Role.SUPERNODE or not config.tls_enabled or config.pki.ca_pem is not None:
+    if not ca_from_onegate(config):
         return None
     pin = pinned_ca(paths) or {}
     refused = pin.get("refused")
@@ -115,9 +120,7 @@ def look_again(config: Config, paths: Paths, client: Any, say: Callable[[str], N
     """At boot, a SuperNode whose CA came from OneGate looks at what its SuperLink publishes now: the
     pin decides (a different CA is refused and recorded, see ``pin_refusal``). Nothing is installed
     here (the watch takes a rotation's bundle); nothing published now is no reason to fail."""
-    if client is None or config.role is not Role.SUPERNODE or not config.tls_enabled or config.pki.ca_pem is not None:
-        return
-    if pinned_ca(paths) is None:
+    if client is None or not ca_from_onegate(config) or pinned_ca(paths) is None:
         return  # nothing pinned: the CA was not learnt from OneGate
     from .discovery import DiscoveryError, discover_superlink
 
@@ -225,8 +228,9 @@ def _cert_expires(paths: Paths) -> str | None:
     return info.not_after_iso
 
 
-def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:
-    """Publish attributes then readiness; record the outcome. Returns a one-line summary."""
+def publish(config: Config, paths: Paths, client: Any, health: Health, attrs: dict[str, str] | None = None) -> str:
+    """Publish attributes then readiness; record the outcome. Returns a one-line summary. ``attrs``:
+    the role's attributes when the caller has computed them already (default: computed here)."""
     from .readiness import HealthResult, publish_ready
 
     if client is None and paths.staged:
@@ -234,10 +238,11 @@ def publish(config: Config, paths: Paths, client: Any, health: Health) -> str:
     if client is None:
         agentstate.record_publication(paths, {"published": False, "reason": "OneGate not configured"})
         return "OneGate: not configured (no ONEGATE_ENDPOINT/VMID/token: the VM template needs TOKEN=YES)"
-    try:
-        attrs = attributes(config, paths)
-    except FlowerCtxError as exc:
-        attrs, health = {}, Health(False, str(exc))
+    if attrs is None:
+        try:
+            attrs = attributes(config, paths)
+        except FlowerCtxError as exc:
+            attrs, health = {}, Health(False, str(exc))
     result = publish_ready(client, attrs, lambda: HealthResult(health.ok, health.detail))
     return _record(paths, result)
 

@@ -25,6 +25,7 @@ from . import agentstate
 from .boot import (
     CaPinError,
     attributes,
+    ca_from_onegate,
     client_for,
     discover,
     needs_discovery,
@@ -131,8 +132,7 @@ class Watch:
             if done:
                 self._restarted = time.monotonic()
                 self.say(f"flower-{self.role} {done} ({sup.manager}: it had ended)")
-        refusing = bool((pinned_ca(self.paths) or {}).get("refused"))
-        every = RECHECK_REFUSED_S if refusing else RECHECK_S
+        every = RECHECK_REFUSED_S if pin_refusal(config, self.paths) else RECHECK_S
         if config.role is Role.SUPERNODE and time.monotonic() - self._rechecked >= every:
             self._rechecked = time.monotonic()
             self._recheck_publication(config)
@@ -157,7 +157,7 @@ class Watch:
         from .discovery import DiscoveryError, discover_superlink
         from .health import probe_with_local_ca, runtime_target
 
-        from_onegate_ca = config.tls_enabled and config.pki.ca_pem is None
+        from_onegate_ca = ca_from_onegate(config)
         if not from_onegate_ca and config.superlink_address is not None:
             return
         client = self._client(config.onegate)
@@ -288,25 +288,25 @@ class Watch:
             self._last, self._synced = key, now
             return
         client = self._client(access)
-        wanted = self._wanted_attributes(config)
-        summary = publish(config, self.paths, client, health) if config is not None else \
+        wanted = self._wanted_attributes(config)  # None: publish computes them and reports why it cannot
+        summary = publish(config, self.paths, client, health, attrs=wanted) if config is not None else \
             publish_failure(client, self.paths, health.detail)
         if key != self._last:
             self.say(("ready: " if health.ok else "not ready: ") + health.detail)
             self.say(summary)
         else:
-            self._rewritten(wanted)
-        self._wanted = wanted
+            self._rewritten(wanted or {})
+        self._wanted = wanted or {}
         if "could not publish" not in summary:
             self._last, self._synced = key, now
 
-    def _wanted_attributes(self, config: Config | None) -> dict[str, str]:
+    def _wanted_attributes(self, config: Config | None) -> dict[str, str] | None:
         if config is None:
-            return {}
+            return None
         try:
             return attributes(config, self.paths)
         except FlowerCtxError:
-            return {}
+            return None
 
     def _rewritten(self, wanted: dict[str, str]) -> None:
         """A resync (same health, same attributes wanted as last time) that still had to send some:

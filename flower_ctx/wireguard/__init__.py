@@ -361,8 +361,8 @@ def _apply_live(
             if not report.dry_run:
                 link.enable_forwarding()
             report.add("ipv4 forwarding", "updated", "on (FL_WG_FORWARD=YES)")
-        if wg.forward and link.redirecting():
-            names = link.redirecting() if report.dry_run else link.stop_redirects()
+        names = (link.redirecting() if report.dry_run else link.stop_redirects()) if wg.forward else []
+        if names:
             report.add("ipv4 redirects", "updated", f"off on {', '.join(names)} (a forwarding VM must not send its "
                                                     "peers to the default gateway while wg0 is down)")
         return "kernel" if kind == "kernel" else "wireguard-go"
